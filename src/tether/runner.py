@@ -1,0 +1,112 @@
+"""`run_training`: data -> model -> TetherTrainer -> a complete run directory, or nothing at all.
+
+Run directory: `config.yaml` (resolved), `data_summary.json` (counts, mixing), `env.json` (versions),
+`metrics.jsonl`, and `adapter/` (LoRA) or `model/` (full fine-tuning). Training writes into
+`<output_dir>.incomplete` and renames it when it is done; on an error that staging folder is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import random
+import shutil
+from pathlib import Path
+
+import yaml
+
+from tether.config import DataArgs, ModelArgs
+from tether.data.chat import tokenize_rows
+from tether.data.mixing import mix_harmful
+from tether.data.sources import load_examples
+from tether.errors import TetherInputError
+from tether.modeling import load_model_and_tokenizer
+from tether.trainer import MetricsFileCallback, TetherConfig, TetherTrainer
+
+
+def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
+    """The training rows (subsampled, mixed) and a summary of what went in."""
+    rows = load_examples(data.dataset, data.data_dir, data.risk_column, data.dataset_split)
+    summary = {"dataset": data.dataset, "n_dataset": len(rows)}
+    if data.max_train_examples is not None and data.max_train_examples < len(rows):
+        rows = random.Random(seed).sample(rows, data.max_train_examples)
+    if data.harmful_dataset is not None:
+        harmful = load_examples(data.harmful_dataset, data.data_dir, data.risk_column, data.dataset_split)
+        rows, mixing = mix_harmful(rows, harmful, data.harmful_ratio, seed=seed)
+        summary["mixing"] = {"harmful_dataset": data.harmful_dataset, **mixing}
+    summary["n_train"] = len(rows)
+    return rows, summary
+
+
+def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfig) -> Path:
+    """Train and return the finished run directory. Bad input raises `TetherInputError` before anything is written."""
+    final_dir = Path(config.output_dir)
+    if final_dir.exists() and any(final_dir.iterdir()):
+        raise TetherInputError(f"output_dir {final_dir} already exists and is not empty; pass another --output_dir")
+    rows, summary = load_training_rows(data_args, config.seed)
+    if config.regularizer == "adaptive" and config.critic == "label" and not any("risk" in r for r in rows):
+        raise TetherInputError(
+            f"critic 'label' reads a {data_args.risk_column!r} column that dataset {data_args.dataset} does not have; "
+            "add the column, mix in --harmful_dataset, or choose another critic"
+        )
+    model, tokenizer = load_model_and_tokenizer(model_args.model_name_or_path, model_args.dtype, config.trust_remote_code)
+    dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
+
+    staging = final_dir.with_name(final_dir.name + ".incomplete")
+    resolved = {
+        "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args),
+        "training": {**config.to_dict(), "output_dir": str(final_dir)},
+    }
+    config.output_dir = str(staging)
+    trainer = None
+    try:
+        trainer = TetherTrainer(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=model_args.lora_config() if model_args.use_peft else None,
+            callbacks=[MetricsFileCallback(staging / "metrics.jsonl")],
+        )
+        if trainer.is_world_process_zero():
+            if staging.exists():
+                shutil.rmtree(staging)  # left by a killed run
+            staging.mkdir(parents=True)
+            (staging / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            (staging / "data_summary.json").write_text(json.dumps(summary, indent=2))
+            (staging / "env.json").write_text(json.dumps(environment(), indent=2))
+        trainer.accelerator.wait_for_everyone()
+        trainer.train()
+        trainer.save_model(str(staging / ("adapter" if model_args.use_peft else "model")))
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(staging / ("adapter" if model_args.use_peft else "model"))
+            staging.rename(final_dir)
+        trainer.accelerator.wait_for_everyone()
+    except BaseException:
+        if trainer is None or trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        config.output_dir = str(final_dir)
+    return final_dir
+
+
+def environment() -> dict:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    import tether
+
+    return {
+        "tether": tether.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }

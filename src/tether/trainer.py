@@ -1,0 +1,246 @@
+"""`TetherConfig` and `TetherTrainer`: TRL's SFT with a risk-weighted KL to a frozen safe reference.
+
+Only `compute_loss` and `log` are overridden; the training loop is TRL's and transformers'. See `docs/method.md` §1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from tether.critics import CRITICS, Critic, get_critic
+from tether.data.chat import IGNORE_INDEX, TetherCollator
+from tether.errors import TetherInputError
+from tether.losses import response_token_losses, weighted_loss
+from tether.modeling import FrozenCopyReference, capture_head_inputs, lm_head_logits, make_reference
+from tether.weights import FixedWeights, RiskWeights
+
+REGULARIZERS = ("none", "fixed", "adaptive")
+
+
+@dataclass
+class TetherConfig(SFTConfig):
+    r"""
+    Configuration for [`TetherTrainer`]: every field of TRL's `SFTConfig`, plus the ones below.
+
+    > Parameters that control the regularizer
+
+    regularizer (`str`, defaults to `"adaptive"`):
+        `none` (plain SFT: α = 1, no reference pass), `fixed` (C-SFT: constant `beta`) or `adaptive`
+        (β = β_min + (β_max − β_min)·s from the critic's risk s).
+    beta (`float`, defaults to `0.5`):
+        The constant β of `regularizer: fixed`.
+    beta_min, beta_max (`float`, defaults to `0.1`, `0.9`):
+        β at risk 0 and risk 1 (`weight_map: linear`).
+    beta_clamp_min, beta_clamp_max (`float`, defaults to `0.1`, `0.9`):
+        β is clamped to this range (the official code's clamp).
+    alpha_mode (`str`, defaults to `"complement"`):
+        `complement` (α = 1 − β, the paper) or `one` (α = 1).
+    weight_map (`str`, defaults to `"linear"`):
+        `linear`, or `official`: β = clamp((r − 2)/3) with r = 1 + 4s, the official code's map.
+    risk_ema (`float`, defaults to `0.0`):
+        λ of an EMA on the risk, updated once per micro-batch; 0 disables it, 0.9 is a sensible value.
+    granularity (`str`, defaults to `"example"`):
+        `example` (each example its own α, β) or `batch` (every example gets the mean risk of the batch across
+        devices, the paper's description).
+    kl_direction (`str`, defaults to `"forward"`):
+        `forward` KL(π_ref ‖ π_θ) or `reverse` KL(π_θ ‖ π_ref). β values do not transfer between the two.
+    kl_scale (`float`, defaults to `1.0`):
+        Multiplies the KL term. Set it to the gradient-accumulation steps to mimic the official code's scaling.
+    logits_chunk_size (`int`, defaults to `1024`):
+        Response positions per LM-head chunk; past one chunk, chunks are recomputed in the backward pass.
+
+    > Parameters that control the critic
+
+    critic (`str`, defaults to `"label"`):
+        The safety critic of `regularizer: adaptive`: `label` (risk read from the dataset's risk column, an oracle)
+        or `constant` (`critic_value` for every example).
+    critic_value (`float`, defaults to `0.0`):
+        The risk given by the `constant` critic.
+    """
+
+    regularizer: str = field(default="adaptive", metadata={"help": "none (SFT), fixed (C-SFT) or adaptive."})
+    beta: float = field(default=0.5, metadata={"help": "Constant beta of regularizer=fixed."})
+    beta_min: float = field(default=0.1, metadata={"help": "Beta at risk 0."})
+    beta_max: float = field(default=0.9, metadata={"help": "Beta at risk 1."})
+    beta_clamp_min: float = field(default=0.1, metadata={"help": "Lower clamp of beta."})
+    beta_clamp_max: float = field(default=0.9, metadata={"help": "Upper clamp of beta."})
+    alpha_mode: str = field(default="complement", metadata={"help": "complement (1 - beta) or one."})
+    weight_map: str = field(default="linear", metadata={"help": "linear or official (the paper's code)."})
+    risk_ema: float = field(default=0.0, metadata={"help": "EMA lambda on the risk; 0 disables it."})
+    granularity: str = field(default="example", metadata={"help": "example or batch."})
+    kl_direction: str = field(default="forward", metadata={"help": "forward KL(ref||policy) or reverse."})
+    kl_scale: float = field(default=1.0, metadata={"help": "Multiplier of the KL term."})
+    logits_chunk_size: int = field(default=1024, metadata={"help": "Response positions per LM-head chunk."})
+    critic: str = field(default="label", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
+    critic_value: float = field(default=0.0, metadata={"help": "Risk given by the constant critic."})
+
+    # Defaults that differ from SFTConfig: tether prepares and collates its own data (response-only labels, risk),
+    # and logs every step.
+    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the risk and prompt_length columns."})
+    dataset_kwargs: dict | str | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "tether tokenizes the data itself."},
+    )
+
+    def __post_init__(self):
+        _check_choice("regularizer", self.regularizer, REGULARIZERS)
+        _check_choice("alpha_mode", self.alpha_mode, ("complement", "one"))
+        _check_choice("weight_map", self.weight_map, ("linear", "official"))
+        _check_choice("granularity", self.granularity, ("example", "batch"))
+        _check_choice("kl_direction", self.kl_direction, ("forward", "reverse"))
+        _check_choice("critic", self.critic, tuple(CRITICS))
+        if self.beta_min > self.beta_max:
+            raise TetherInputError(
+                f"beta_min ({self.beta_min}) > beta_max ({self.beta_max}); swap them or set beta_min <= beta_max"
+            )
+        if self.beta_clamp_min > self.beta_clamp_max:
+            raise TetherInputError(f"beta_clamp_min ({self.beta_clamp_min}) > beta_clamp_max ({self.beta_clamp_max})")
+        for name in ("beta", "beta_min", "beta_max", "beta_clamp_min", "beta_clamp_max", "critic_value"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise TetherInputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.risk_ema < 1.0:
+            raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")
+        if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
+            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+
+    def make_weights(self) -> FixedWeights | RiskWeights:
+        if self.regularizer == "none":
+            return FixedWeights(beta=0.0, alpha_mode="one")
+        if self.regularizer == "fixed":
+            return FixedWeights(beta=self.beta, alpha_mode=self.alpha_mode)
+        return RiskWeights(
+            beta_min=self.beta_min,
+            beta_max=self.beta_max,
+            clamp_min=self.beta_clamp_min,
+            clamp_max=self.beta_clamp_max,
+            ema=self.risk_ema,
+            granularity=self.granularity,
+            alpha_mode=self.alpha_mode,
+            weight_map=self.weight_map,
+        )
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TetherInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+class TetherTrainer(SFTTrainer):
+    """SFT whose loss is Σ_t [α_i·nll_t + β_i·kl_t] / N over response tokens (`docs/method.md` §1).
+
+    Args:
+        critic: a critic name or object (default: `args.critic`); used by `regularizer: adaptive`.
+        ref_model: the frozen reference for full fine-tuning (default: a frozen copy of `model`). Under PEFT the
+            reference is `model` with its adapter disabled, and `ref_model` must be None.
+        Everything else as `SFTTrainer`; the data must be tokenized by `tether.data.chat.tokenize_rows`.
+    """
+
+    def __init__(self, model, args: TetherConfig, critic: str | Critic | None = None, ref_model=None, **kwargs):
+        if ref_model is not None and ref_model is model:
+            raise TetherInputError("ref_model is the policy model itself; pass a separate frozen copy or None")
+        kwargs.setdefault("data_collator", TetherCollator(pad_token_id=kwargs["processing_class"].pad_token_id))
+        super().__init__(model=model, args=args, **kwargs)
+        # Our loss divides by `num_items_in_batch` itself, so the Trainer must not divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = True
+        self.weights = args.make_weights()
+        self.critic = None
+        if args.regularizer == "adaptive":
+            kwargs = {"value": args.critic_value} if args.critic == "constant" and critic is None else {}
+            self.critic = get_critic(critic or args.critic, **kwargs)
+        self.reference = None
+        if args.regularizer != "none":
+            uses_peft = hasattr(self.model, "disable_adapter")
+            if uses_peft and ref_model is not None:
+                raise TetherInputError("under LoRA the reference is the adapter-disabled model; do not pass ref_model")
+            self.reference = make_reference(self.model, uses_peft) if ref_model is None else None
+            if ref_model is not None:
+                self.reference = FrozenCopyReference(ref_model)
+            if isinstance(self.reference, FrozenCopyReference):
+                self.reference.model.to(self.accelerator.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        targets = inputs["labels"][:, 1:]  # (B, T-1): the token each position predicts
+        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,), (N,) response positions
+        forward_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        unwrapped = self.accelerator.unwrap_model(model)
+
+        with capture_head_inputs(unwrapped, rows, cols) as policy:
+            model(**forward_inputs, use_cache=False)
+        ref_hidden = None
+        if self.reference is not None:
+            with self.reference.active() as ref_model, capture_head_inputs(ref_model, rows, cols) as reference:
+                ref_model(**forward_inputs, use_cache=False)
+            ref_hidden = reference["hidden"]  # (N, d)
+
+        nll, kl = response_token_losses(
+            policy["hidden"],
+            targets[rows, cols],
+            head=lambda h: lm_head_logits(unwrapped, h),
+            ref_hidden=ref_hidden,
+            ref_head=None if self.reference is None else self.reference.head,
+            kl_direction=self.args.kl_direction,
+            chunk_size=self.args.logits_chunk_size,
+        )  # (N,), (N,) or None
+
+        with torch.no_grad():
+            batch_size = inputs["input_ids"].shape[0]
+            scores = self.critic.score(inputs) if self.critic else torch.zeros(batch_size, device=nll.device)
+            step_scores = self.accelerator.gather(scores)  # (B · processes,)
+            alpha, beta = self.weights(scores, step_scores)  # (B,), (B,)
+
+        num_tokens = rows.numel() if num_items_in_batch is None else num_items_in_batch
+        loss = weighted_loss(nll, kl, rows, alpha, beta, num_tokens, kl_scale=self.args.kl_scale)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the denominator is global already
+
+        self._record_metrics(mode, scores, alpha, beta, nll, kl)
+        return (loss, None) if return_outputs else loss
+
+    def _record_metrics(self, mode, scores, alpha, beta, nll, kl):
+        """Scalars averaged over the whole global batch: every tensor is gathered from all processes first."""
+        gather = self.accelerator.gather
+        with torch.no_grad():
+            scores, alpha, beta = gather(scores), gather(alpha), gather(beta)
+            nll_sum = gather(nll.detach().sum()[None]).sum()
+            kl_sum = gather((kl.detach().sum() if kl is not None else nll.new_zeros(()))[None]).sum()
+            count = gather(torch.tensor([nll.numel()], device=nll.device)).sum().clamp(min=1)
+        metrics = self._metrics[mode]
+        metrics["critic/risk_mean"].append(scores.mean().item())
+        metrics["critic/num_examples"].append(float(scores.numel()))
+        metrics["weights/beta_mean"].append(beta.mean().item())
+        metrics["weights/beta_min"].append(beta.min().item())
+        metrics["weights/beta_max"].append(beta.max().item())
+        metrics["weights/alpha_mean"].append(alpha.mean().item())
+        metrics["loss/nll"].append((nll_sum / count).item())
+        metrics["loss/kl"].append((kl_sum / count).item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # SFTTrainer.log averages each metric list; a minimum or maximum over the logging window is kept as one.
+        mode = "train" if self.model.training else "eval"
+        for key, values in self._metrics[mode].items():
+            if key.endswith("_min") and values:
+                self._metrics[mode][key] = [min(values)]
+            elif key.endswith("_max") and values:
+                self._metrics[mode][key] = [max(values)]
+        super().log(logs, start_time)
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log entry, with its step, to a JSON Lines file (main process only)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")

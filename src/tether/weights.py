@@ -1,0 +1,86 @@
+"""Map per-example risk scores s ∈ [0, 1] to loss weights (α, β). Pure objects, tested without a model.
+
+`FixedWeights` covers plain SFT (α = 1, β = 0) and C-SFT (constant β). `RiskWeights` is adaptive regularization
+(arXiv 2602.17546, `docs/method.md` §1.1):
+
+    s̃ = λ·s̃_prev + (1 − λ)·s          (EMA, λ = 0 disables it)
+    β = clamp(β_min + (β_max − β_min)·s̃, clamp_min, clamp_max)      (weight_map "linear")
+    β = clamp((r − 2)/3, clamp_min, clamp_max), r = 1 + 4·s̃            (weight_map "official": the paper's code)
+    α = 1 − β (alpha_mode "complement", the paper) or α = 1 (alpha_mode "one")
+
+Higher s means riskier, so a larger β (pull toward the reference) and a smaller α (less task learning).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class FixedWeights:
+    """Constant weights: plain SFT with `beta=0, alpha_mode="one"`, C-SFT with a fixed β."""
+
+    def __init__(self, beta: float, alpha_mode: str = "complement"):
+        self.beta = beta
+        self.alpha = 1.0 - beta if alpha_mode == "complement" else 1.0
+
+    def __call__(self, scores: torch.Tensor, step_scores: torch.Tensor | None = None):
+        """scores (B,) -> alpha (B,), beta (B,); the scores are ignored."""
+        return torch.full_like(scores, self.alpha), torch.full_like(scores, self.beta)
+
+
+class RiskWeights:
+    """Risk-driven weights, per example or per batch, with an optional EMA on the risk.
+
+    Args:
+        beta_min, beta_max: β at s = 0 and s = 1 (linear map).
+        clamp_min, clamp_max: β is clamped to this range (the official code's [0.1, 0.9]).
+        ema: λ of the EMA on s; 0 disables it.
+        granularity: `example` (each example its own α, β) or `batch` (every example gets the batch mean risk, the
+            paper's description).
+        alpha_mode: `complement` (α = 1 − β) or `one` (α = 1).
+        weight_map: `linear` or `official`.
+
+    The EMA state is one number, the smoothed batch-mean risk, updated once per call. Under `batch` granularity,
+    s̃ = λ·state + (1 − λ)·mean(s) for every example. Under `example` granularity each example gets
+    s̃_i = λ·state + (1 − λ)·s_i, so the history shifts every example's risk by the same amount.
+    """
+
+    def __init__(
+        self,
+        beta_min: float = 0.1,
+        beta_max: float = 0.9,
+        clamp_min: float = 0.1,
+        clamp_max: float = 0.9,
+        ema: float = 0.0,
+        granularity: str = "example",
+        alpha_mode: str = "complement",
+        weight_map: str = "linear",
+    ):
+        self.beta_min, self.beta_max = beta_min, beta_max
+        self.clamp_min, self.clamp_max = clamp_min, clamp_max
+        self.ema = ema
+        self.granularity = granularity
+        self.alpha_mode = alpha_mode
+        self.weight_map = weight_map
+        self.state: float | None = None  # smoothed batch-mean risk
+
+    def smooth(self, scores: torch.Tensor, step_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """scores (B,) of this process; step_scores (M,) of the whole step across devices (default: scores)."""
+        step_scores = scores if step_scores is None else step_scores
+        batch_mean = float(step_scores.mean())
+        previous = batch_mean if self.state is None else self.state
+        self.state = self.ema * previous + (1 - self.ema) * batch_mean
+        if self.granularity == "batch":
+            return torch.full_like(scores, self.state)
+        return self.ema * previous + (1 - self.ema) * scores
+
+    def __call__(self, scores: torch.Tensor, step_scores: torch.Tensor | None = None):
+        """scores (B,) in [0, 1] -> alpha (B,), beta (B,), without gradient."""
+        smoothed = self.smooth(scores.detach().float(), None if step_scores is None else step_scores.float())
+        if self.weight_map == "official":
+            beta = (4 * smoothed - 1) / 3  # (r − 2)/3 with r = 1 + 4 s
+        else:
+            beta = self.beta_min + (self.beta_max - self.beta_min) * smoothed
+        beta = beta.clamp(self.clamp_min, self.clamp_max)
+        alpha = 1 - beta if self.alpha_mode == "complement" else torch.ones_like(beta)
+        return alpha, beta
