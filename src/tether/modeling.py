@@ -209,11 +209,6 @@ class FrozenCopyReference(Reference):
             yield self.model
 
 
-def make_reference(model, uses_peft: bool) -> Reference:
-    """The reference for `model`: its adapter-disabled self under PEFT, otherwise a frozen copy."""
-    return AdapterDisabledReference(model) if uses_peft else FrozenCopyReference(model)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Response-position hidden states, without building batch × sequence × vocabulary logits.
 

@@ -17,7 +17,7 @@ from tether.critics import CRITICS, Critic, get_critic
 from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
 from tether.losses import response_token_losses, weighted_loss
-from tether.modeling import FrozenCopyReference, capture_head_inputs, lm_head_logits, make_reference
+from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs, lm_head_logits
 from tether.weights import FixedWeights, RiskWeights
 
 REGULARIZERS = ("none", "fixed", "adaptive")
@@ -147,24 +147,26 @@ class TetherTrainer(SFTTrainer):
         if ref_model is not None and ref_model is model:
             raise TetherInputError("ref_model is the policy model itself; pass a separate frozen copy or None")
         kwargs.setdefault("data_collator", TetherCollator(pad_token_id=kwargs["processing_class"].pad_token_id))
+        uses_peft = kwargs.get("peft_config") is not None or hasattr(model, "disable_adapter")
+        if uses_peft and ref_model is not None:
+            raise TetherInputError("under LoRA the reference is the adapter-disabled model; do not pass ref_model")
+        frozen_copy = None
+        if args.regularizer != "none" and not uses_peft:
+            # Copied before SFTTrainer patches `model.forward`: a copy made after would call the original's forward.
+            frozen_copy = FrozenCopyReference(model if ref_model is None else ref_model)
         super().__init__(model=model, args=args, **kwargs)
         # Our loss divides by `num_items_in_batch` itself, so the Trainer must not divide by the accumulation steps.
         self.model_accepts_loss_kwargs = True
         self.weights = args.make_weights()
         self.critic = None
         if args.regularizer == "adaptive":
-            kwargs = {"value": args.critic_value} if args.critic == "constant" and critic is None else {}
-            self.critic = get_critic(critic or args.critic, **kwargs)
+            critic_kwargs = {"value": args.critic_value} if args.critic == "constant" and critic is None else {}
+            self.critic = get_critic(critic or args.critic, **critic_kwargs)
         self.reference = None
         if args.regularizer != "none":
-            uses_peft = hasattr(self.model, "disable_adapter")
-            if uses_peft and ref_model is not None:
-                raise TetherInputError("under LoRA the reference is the adapter-disabled model; do not pass ref_model")
-            self.reference = make_reference(self.model, uses_peft) if ref_model is None else None
-            if ref_model is not None:
-                self.reference = FrozenCopyReference(ref_model)
-            if isinstance(self.reference, FrozenCopyReference):
-                self.reference.model.to(self.accelerator.device)
+            self.reference = frozen_copy or AdapterDisabledReference(self.model)
+        if frozen_copy is not None:
+            frozen_copy.model.to(self.accelerator.device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
