@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+import yaml
 from trl import TrlParser
 
 from tether.errors import TetherInputError
@@ -112,18 +113,34 @@ class TetherParser(TrlParser):
             index = argv.index("--config")
             if index + 1 >= len(argv):
                 raise TetherInputError("--config needs a YAML file path")
-            path = argv[index + 1]
-            try:
-                open(path).close()
-            except OSError:
-                raise TetherInputError(f"config file not found: {path}; pass an existing YAML file") from None
+            self.check_config_file(argv[index + 1])
         try:
             return self.parse_args_and_config(argv)
         except TetherInputError:
             raise
         except ValueError as error:
             message = str(error).splitlines()[0]
-            if "Unknown arguments from config file" in message:
-                message = f"unknown config field(s) {message.split(':', 1)[1].split('.')[0].strip()}; remove them " \
-                          "or check the spelling against `tether train --help`"
+            if message.startswith("Some specified arguments are not used"):
+                flags = [a for a in argv if a.startswith("--")]
+                unused = [f for f in flags if f in message]
+                message = f"unknown argument(s) {' '.join(unused)}; see `tether train --help`"
             raise TetherInputError(message) from None
+
+    def check_config_file(self, path: str) -> None:
+        """The file exists, is a YAML mapping, and every key is a field of one of the dataclasses (or `env`)."""
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f)
+        except OSError:
+            raise TetherInputError(f"config file not found: {path}; pass an existing YAML file") from None
+        except yaml.YAMLError as error:
+            raise TetherInputError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise TetherInputError(f"{path}: expected a YAML mapping of field: value")
+        known = {action.dest for action in self._actions} | {"env"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TetherInputError(
+                f"unknown config field(s) {', '.join(unknown)} in {path}; remove them or check the spelling "
+                "against `tether train --help`"
+            )

