@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tether.losses import response_token_losses, token_kl, token_nll, weighted_loss
+from tether.losses import ResponseLoss, auto_chunk_size, token_kl, token_nll
 
 
 def test_kl_by_hand():
@@ -23,39 +23,67 @@ def test_nll_by_hand():
     assert token_nll(logp, torch.tensor([1, 0])).tolist() == pytest.approx([-math.log(0.75), -math.log(0.5)])
 
 
-def test_weighted_loss_by_hand():
-    """Tokens of examples [0, 0, 1]; α = [1, 0.5], β = [0, 2]; nll = [1, 2, 3], kl = [4, 5, 6]; N = 3:
-    (1·1 + 1·2 + 0.5·3 + 0·4 + 0·5 + 2·6) / 3 = 16.5 / 3."""
-    loss = weighted_loss(
-        torch.tensor([1.0, 2.0, 3.0]),
-        torch.tensor([4.0, 5.0, 6.0]),
-        torch.tensor([0, 0, 1]),
-        alpha=torch.tensor([1.0, 0.5]),
-        beta=torch.tensor([0.0, 2.0]),
-        num_tokens=3,
-    )
-    assert loss.item() == pytest.approx(16.5 / 3)
+def reference_loss(hidden, weight, targets, alpha, beta, ref_hidden, ref_weight, direction, softcap=None):
+    """Plain autograd over full log_softmax: what ResponseLoss must equal."""
+
+    def logp(h, w):
+        z = h @ w.T
+        if softcap is not None:
+            z = softcap * torch.tanh(z / softcap)
+        return torch.log_softmax(z, -1)
+
+    policy = logp(hidden, weight)
+    nll = token_nll(policy, targets)
+    kl = token_kl(policy, logp(ref_hidden, ref_weight).detach(), direction) if ref_hidden is not None else 0 * nll
+    return (alpha * nll + beta * kl).sum(), nll, kl
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
-def test_chunked_equals_unchunked(direction):
-    """Chunking (with checkpointing) changes neither the values nor the gradients."""
+@pytest.mark.parametrize("chunk_size", [0, 3])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_response_loss_matches_autograd(direction, chunk_size, softcap, with_reference):
+    """Values of loss, per-token NLL and KL, and the gradients of the hidden states and of the head weight equal
+    autograd through a full log_softmax: for both KL directions, in chunks or not, with softcapping or not, with
+    distinct per-token α and β."""
     torch.manual_seed(0)
-    head = torch.nn.Linear(8, 50, bias=False)
     hidden = torch.randn(10, 8, requires_grad=True)
-    ref_hidden = torch.randn(10, 8)
+    weight = torch.randn(50, 8, requires_grad=True)
+    ref_hidden = torch.randn(10, 8) if with_reference else None
+    ref_weight = weight.detach() + 0.3 * torch.randn(50, 8)
     targets = torch.randint(0, 50, (10,))
-    results = []
-    for chunk in (1000, 3):
-        hidden.grad = None
-        nll, kl = response_token_losses(hidden, targets, head, ref_hidden, head, direction, chunk_size=chunk)
-        (nll.sum() + kl.sum()).backward()
-        results.append((nll.detach(), kl.detach(), hidden.grad.clone()))
-    for a, b in zip(results[0], results[1]):
-        torch.testing.assert_close(a, b)
+    alpha, beta = torch.rand(10), torch.rand(10)
+
+    loss, nll, kl = ResponseLoss.apply(
+        hidden, weight, None, targets, alpha, beta, ref_hidden, ref_weight, None, direction, chunk_size, softcap
+    )
+    (2.0 * loss).backward()
+    fused = (loss.detach(), nll, kl, hidden.grad.clone(), weight.grad.clone())
+    hidden.grad = weight.grad = None
+
+    expected_loss, expected_nll, expected_kl = reference_loss(
+        hidden, weight, targets, alpha, beta, ref_hidden, ref_weight, direction, softcap
+    )
+    (2.0 * expected_loss).backward()
+    expected = (expected_loss.detach(), expected_nll.detach(), expected_kl.detach(), hidden.grad, weight.grad)
+    for got, want in zip(fused, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_no_reference_gives_no_kl():
-    head = torch.nn.Linear(4, 6)
-    nll, kl = response_token_losses(torch.randn(3, 4), torch.tensor([0, 1, 2]), head)
-    assert kl is None and nll.shape == (3,)
+def test_identical_reference_gives_zero_kl_and_no_kl_gradient():
+    """π_θ = π_ref: KL is exactly 0 and, at its minimum, contributes no gradient (α = 0 isolates it)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(6, 8, requires_grad=True)
+    weight = torch.randn(30, 8)
+    loss, _, kl = ResponseLoss.apply(
+        hidden, weight, None, torch.randint(0, 30, (6,)), torch.zeros(6), torch.ones(6), hidden.detach(), weight, None
+    )
+    loss.backward()
+    assert kl.abs().max().item() < 1e-6
+    assert hidden.grad.abs().max().item() < 1e-6
+
+
+def test_auto_chunk_size():
+    """24 MiB of float32 logits: 128 positions for SmolLM2's 49,152-token vocabulary."""
+    assert auto_chunk_size(49152) == 128
+    assert auto_chunk_size(10**7) == 16

@@ -1,4 +1,4 @@
-"""Per-token NLL and KL at response positions, computed from gathered hidden states in chunks.
+"""The adaptive-regularization loss at response positions, fused with the LM head and computed in chunks.
 
 Adaptive regularization (Goel, Maji, Mazumder, arXiv 2602.17546):
 
@@ -8,21 +8,18 @@ with R_i the response positions of example i and N the response-token count of t
 denominator for both terms (`docs/method.md` §1.3). Higher risk means a larger β_i: the KL pulls π_θ back to the
 frozen safe reference π_ref.
 
-The functions here only ever see the N response positions, never batch × sequence × vocabulary logits. The caller
-gathers the hidden states that feed the LM head at those positions; `response_token_losses` projects them through
-the head chunk by chunk. Past one chunk, each chunk runs under activation checkpointing, so at most one chunk of
-(chunk, V) logits is alive in the forward and in the backward.
+`ResponseLoss` takes the hidden states that feed the LM head at the N response positions, never batch × sequence ×
+vocabulary logits. It projects them through the head a chunk of positions at a time, computes NLL, the exact
+full-vocabulary KL and the gradient of the weighted sum with respect to the logits in closed form, and keeps only
+the (N, d) gradient of the hidden states for the backward pass. Since α and β are constants, the gradient is known
+in the forward pass, so no (chunk, V) tensor outlives its chunk and nothing is recomputed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-Head = Callable[[torch.Tensor], torch.Tensor]  # hidden (n, d) -> logits (n, V)
+DEFAULT_CHUNK_BYTES = 24 * 2**20  # one chunk of float32 logits stays under glibc's 32 MiB mmap threshold
 
 
 def token_nll(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -43,67 +40,87 @@ def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, direction: str = "forwa
     raise ValueError(f"kl_direction must be 'forward' or 'reverse', got {direction!r}")
 
 
-def response_token_losses(
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    head: Head,
-    ref_hidden: torch.Tensor | None = None,
-    ref_head: Head | None = None,
-    kl_direction: str = "forward",
-    chunk_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token NLL and (when a reference is given) KL at the N gathered response positions.
+def auto_chunk_size(vocab_size: int) -> int:
+    """Positions per chunk so that one float32 (chunk, V) buffer stays under `DEFAULT_CHUNK_BYTES`."""
+    return max(16, DEFAULT_CHUNK_BYTES // (4 * vocab_size))
 
-    Args:
-        hidden: (N, d) policy hidden states that feed the LM head, position t predicting `targets[t]`.
-        targets: (N,) next-token ids.
-        head: policy LM head, (n, d) -> (n, V) logits.
-        ref_hidden: (N, d) reference hidden states at the same positions, computed without gradient.
-        ref_head: reference LM head; called under `torch.no_grad()`.
-        kl_direction: `forward` KL(π_ref ‖ π_θ) or `reverse` KL(π_θ ‖ π_ref).
-        chunk_size: positions per chunk; past one chunk, chunks are checkpointed.
 
-    Returns:
-        nll (N,) and kl (N,) (None without a reference), in float32.
+class ResponseLoss(torch.autograd.Function):
+    """Σ_t [α_t·nll_t + β_t·kl_t] from hidden states through a linear LM head, with per-token NLL and KL for logging.
+
+    forward(hidden (N, d), weight (V, d), bias (V,) or None, targets (N,), alpha (N,), beta (N,),
+            ref_hidden (N, d) or None, ref_weight (V, d) or None, ref_bias, kl_direction, chunk_size, softcap)
+        -> loss (), nll (N,), kl (N,)   (nll and kl are float32 and carry no gradient)
+
+    Gradients with respect to the logits z (p = softmax(z), onehot = the target):
+        NLL:          p − onehot
+        forward KL:   p − p_ref
+        reverse KL:   p ⊙ (log p − log p_ref − KL)
+    `softcap` c applies z = c·tanh(z₀/c) (Gemma 2) and its derivative 1 − tanh². With no reference, kl is 0.
     """
 
-    def chunk_losses(h: torch.Tensor, t: torch.Tensor, h_ref: torch.Tensor | None):
-        logp = F.log_softmax(head(h).float(), dim=-1)  # (n, V)
-        nll = token_nll(logp, t)  # (n,)
-        if h_ref is None:
-            return nll, None
-        with torch.no_grad():
-            ref_logp = F.log_softmax(ref_head(h_ref).float(), dim=-1)  # (n, V)
-        return nll, token_kl(logp, ref_logp, kl_direction)
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, alpha, beta, ref_hidden, ref_weight, ref_bias,
+                kl_direction="forward", chunk_size=0, softcap=None):
+        if bias is not None and bias.requires_grad:
+            raise NotImplementedError("a trainable LM-head bias is not supported; freeze it")
+        n = hidden.shape[0]
+        chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
+        grad_hidden = torch.empty_like(hidden)  # (N, d)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        nll = hidden.new_empty(n, dtype=torch.float32)
+        kl = hidden.new_zeros(n, dtype=torch.float32)
+        for start in range(0, n, chunk_size):
+            rows = slice(start, start + chunk_size)
+            a, b, t = alpha[rows].float()[:, None], beta[rows].float()[:, None], targets[rows]
+            logp, tanh = _log_softmax_logits(hidden[rows], weight, bias, softcap)  # (n, V) each
+            probs = logp.exp()  # (n, V)
+            nll[rows] = -logp.gather(1, t[:, None]).squeeze(1)
+            if ref_hidden is None:
+                grad_logits = probs.mul_(a)  # α (p − onehot), the onehot below
+            else:
+                ref_logp, _ = _log_softmax_logits(ref_hidden[rows], ref_weight, ref_bias, softcap)  # (n, V)
+                if kl_direction == "forward":
+                    ref_probs = ref_logp.exp()  # (n, V)
+                    kl[rows] = _rowdot(ref_probs, ref_logp) - _rowdot(ref_probs, logp)
+                    grad_logits = probs.mul_(a + b).sub_(ref_probs.mul_(b))  # α (p − onehot) + β (p − p_ref)
+                else:
+                    chunk_kl = _rowdot(probs, logp) - _rowdot(probs, ref_logp)  # (n,)
+                    kl[rows] = chunk_kl
+                    reverse = logp.sub_(ref_logp).sub_(chunk_kl[:, None]).mul_(probs)  # p (log p − log p_ref − KL)
+                    grad_logits = probs.mul_(a).add_(reverse.mul_(b))
+            grad_logits.scatter_add_(1, t[:, None], -a)
+            if tanh is not None:
+                grad_logits.mul_(1 - tanh.square_())
+            grad_logits = grad_logits.to(weight.dtype)
+            grad_hidden[rows] = grad_logits @ weight  # (n, d)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T.float(), hidden[rows].float())  # (V, d)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(nll, kl)
+        loss = (alpha.float() * nll).sum() + (beta.float() * kl).sum()
+        return loss, nll, kl
 
-    n = hidden.shape[0]
-    if n <= chunk_size:
-        return chunk_losses(hidden, targets, ref_hidden)
-    nlls, kls = [], []
-    for start in range(0, n, chunk_size):
-        piece = slice(start, start + chunk_size)
-        h_ref = None if ref_hidden is None else ref_hidden[piece]
-        nll, kl = checkpoint(chunk_losses, hidden[piece], targets[piece], h_ref, use_reentrant=False)
-        nlls.append(nll)
-        kls.append(kl)
-    return torch.cat(nlls), (None if ref_hidden is None else torch.cat(kls))
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll, grad_kl):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_weight = None if grad_weight is None else (grad_loss * grad_weight).to(ctx.weight_dtype)
+        return (grad_loss * grad_hidden, grad_weight) + (None,) * 10
 
 
-def weighted_loss(
-    nll: torch.Tensor,
-    kl: torch.Tensor | None,
-    example_index: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor,
-    num_tokens: torch.Tensor | int,
-    kl_scale: float = 1.0,
-) -> torch.Tensor:
-    """Σ_t [α_i(t)·nll_t + kl_scale·β_i(t)·kl_t] / num_tokens, one shared denominator for both terms.
+def _log_softmax_logits(hidden, weight, bias, softcap):
+    """log_softmax of hidden (n, d) @ weight.T (+ bias, softcapped), in float32 -> logp (n, V), tanh (n, V) or None."""
+    logits = (hidden @ weight.T).float()  # (n, V)
+    if bias is not None:
+        logits += bias.float()
+    tanh = None
+    if softcap is not None:
+        tanh = torch.tanh(logits.div_(softcap))
+        logits = torch.mul(tanh, softcap, out=logits)
+    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)), tanh
 
-    nll, kl (N,) per token; example_index (N,) the example of each token; alpha, beta (B,) per example, constants;
-    num_tokens the response-token count of the whole optimizer step (all micro-batches and devices).
-    """
-    per_token = alpha[example_index] * nll  # (N,)
-    if kl is not None:
-        per_token = per_token + kl_scale * beta[example_index] * kl
-    return per_token.sum() / torch.as_tensor(num_tokens, device=per_token.device).clamp(min=1)
+
+def _rowdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product of (n, V) tensors -> (n,), without an (n, V) temporary."""
+    return torch.bmm(x[:, None, :], y[:, :, None]).view(-1)

@@ -164,21 +164,7 @@ def build_tiny_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
 # The reference model.
 
 
-class Reference:
-    """π_ref: `active()` yields the model to call for reference passes; `head` runs its LM head."""
-
-    model: PreTrainedModel
-
-    def active(self) -> contextlib.AbstractContextManager:
-        raise NotImplementedError
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (n, d) -> reference logits (n, V), without gradient."""
-        with self.active() as model:
-            return lm_head_logits(model, hidden)
-
-
-class AdapterDisabledReference(Reference):
+class AdapterDisabledReference:
     """π_ref under LoRA: the policy itself with its adapter disabled and dropout off. No second copy of the weights."""
 
     def __init__(self, model):
@@ -196,7 +182,7 @@ class AdapterDisabledReference(Reference):
             self.model.train(was_training)
 
 
-class FrozenCopyReference(Reference):
+class FrozenCopyReference:
     """π_ref under full fine-tuning: a frozen copy of the starting weights, eval mode, no grad."""
 
     def __init__(self, model):
@@ -232,10 +218,3 @@ def capture_head_inputs(model, rows: torch.Tensor, cols: torch.Tensor):
         yield captured
     finally:
         handle.remove()
-
-
-def lm_head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """hidden (n, d) -> logits (n, V) through `model`'s LM head, with the final softcapping of models that have one."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return logits if cap is None else cap * torch.tanh(logits / cap)

@@ -16,8 +16,8 @@ from trl import SFTConfig, SFTTrainer
 from tether.critics import CRITICS, Critic, get_critic
 from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
-from tether.losses import response_token_losses, weighted_loss
-from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs, lm_head_logits
+from tether.losses import ResponseLoss
+from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
 from tether.weights import FixedWeights, RiskWeights
 
 REGULARIZERS = ("none", "fixed", "adaptive")
@@ -52,8 +52,8 @@ class TetherConfig(SFTConfig):
         `forward` KL(π_ref ‖ π_θ) or `reverse` KL(π_θ ‖ π_ref). β values do not transfer between the two.
     kl_scale (`float`, defaults to `1.0`):
         Multiplies the KL term. Set it to the gradient-accumulation steps to mimic the official code's scaling.
-    logits_chunk_size (`int`, defaults to `1024`):
-        Response positions per LM-head chunk; past one chunk, chunks are recomputed in the backward pass.
+    logits_chunk_size (`int`, defaults to `0`):
+        Response positions per LM-head chunk; 0 picks the size that keeps one chunk of float32 logits under 24 MiB.
 
     > Parameters that control the critic
 
@@ -76,7 +76,7 @@ class TetherConfig(SFTConfig):
     granularity: str = field(default="example", metadata={"help": "example or batch."})
     kl_direction: str = field(default="forward", metadata={"help": "forward KL(ref||policy) or reverse."})
     kl_scale: float = field(default=1.0, metadata={"help": "Multiplier of the KL term."})
-    logits_chunk_size: int = field(default=1024, metadata={"help": "Response positions per LM-head chunk."})
+    logits_chunk_size: int = field(default=0, metadata={"help": "Response positions per LM-head chunk; 0 = auto."})
     critic: str = field(default="label", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
     critic_value: float = field(default=0.0, metadata={"help": "Risk given by the constant critic."})
 
@@ -175,32 +175,37 @@ class TetherTrainer(SFTTrainer):
         forward_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         unwrapped = self.accelerator.unwrap_model(model)
 
-        with capture_head_inputs(unwrapped, rows, cols) as policy:
-            model(**forward_inputs, use_cache=False)
-        ref_hidden = None
-        if self.reference is not None:
-            with self.reference.active() as ref_model, capture_head_inputs(ref_model, rows, cols) as reference:
-                ref_model(**forward_inputs, use_cache=False)
-            ref_hidden = reference["hidden"]  # (N, d)
-
-        nll, kl = response_token_losses(
-            policy["hidden"],
-            targets[rows, cols],
-            head=lambda h: lm_head_logits(unwrapped, h),
-            ref_hidden=ref_hidden,
-            ref_head=None if self.reference is None else self.reference.head,
-            kl_direction=self.args.kl_direction,
-            chunk_size=self.args.logits_chunk_size,
-        )  # (N,), (N,) or None
-
         with torch.no_grad():
             batch_size = inputs["input_ids"].shape[0]
-            scores = self.critic.score(inputs) if self.critic else torch.zeros(batch_size, device=nll.device)
+            scores = self.critic.score(inputs) if self.critic else torch.zeros(batch_size, device=rows.device)
             step_scores = self.accelerator.gather(scores)  # (B · processes,)
             alpha, beta = self.weights(scores, step_scores)  # (B,), (B,)
 
+        with capture_head_inputs(unwrapped, rows, cols) as policy:
+            model(**forward_inputs, use_cache=False)
+        ref_hidden = ref_head = None
+        if self.reference is not None:
+            with self.reference.active() as ref_model, capture_head_inputs(ref_model, rows, cols) as reference:
+                ref_model(**forward_inputs, use_cache=False)
+            ref_hidden, ref_head = reference["hidden"], linear_head(ref_model)  # (N, d)
+
+        head = linear_head(unwrapped)
+        loss_sum, nll, kl = ResponseLoss.apply(
+            policy["hidden"],  # (N, d)
+            head.weight,
+            head.bias,
+            targets[rows, cols],  # (N,)
+            alpha[rows],  # (N,) per-token weights from per-example ones
+            self.args.kl_scale * beta[rows],
+            ref_hidden,
+            None if ref_head is None else ref_head.weight,
+            None if ref_head is None else ref_head.bias,
+            self.args.kl_direction,
+            self.args.logits_chunk_size,
+            getattr(unwrapped.config, "final_logit_softcapping", None),
+        )
         num_tokens = rows.numel() if num_items_in_batch is None else num_items_in_batch
-        loss = weighted_loss(nll, kl, rows, alpha, beta, num_tokens, kl_scale=self.args.kl_scale)
+        loss = loss_sum / torch.as_tensor(num_tokens, device=loss_sum.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the denominator is global already
 
@@ -212,8 +217,8 @@ class TetherTrainer(SFTTrainer):
         gather = self.accelerator.gather
         with torch.no_grad():
             scores, alpha, beta = gather(scores), gather(alpha), gather(beta)
-            nll_sum = gather(nll.detach().sum()[None]).sum()
-            kl_sum = gather((kl.detach().sum() if kl is not None else nll.new_zeros(()))[None]).sum()
+            nll_sum = gather(nll.sum()[None]).sum()
+            kl_sum = gather(kl.sum()[None]).sum()
             count = gather(torch.tensor([nll.numel()], device=nll.device)).sum().clamp(min=1)
         metrics = self._metrics[mode]
         metrics["critic/risk_mean"].append(scores.mean().item())
@@ -234,6 +239,16 @@ class TetherTrainer(SFTTrainer):
             elif key.endswith("_max") and values:
                 self._metrics[mode][key] = [max(values)]
         super().log(logs, start_time)
+
+
+def linear_head(model) -> torch.nn.Linear:
+    """The model's LM head, which the fused loss multiplies by directly."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise TetherInputError(
+            f"the LM head is a {type(head).__name__}, not a plain linear layer; do not adapt lm_head with LoRA"
+        )
+    return head
 
 
 class MetricsFileCallback(TrainerCallback):
