@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from tether.critics import CRITICS, Critic, get_critic
+from tether.critics.probe import capture_layer_states, check_layers, stack_layers
 from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
 from tether.losses import ResponseLoss
@@ -58,10 +59,12 @@ class TetherConfig(SFTConfig):
     > Parameters that control the critic
 
     critic (`str`, defaults to `"label"`):
-        The safety critic of `regularizer: adaptive`: `label` (risk read from the dataset's risk column, an oracle)
-        or `constant` (`critic_value` for every example).
+        The safety critic of `regularizer: adaptive`: `label` (risk read from the dataset's risk column, an oracle),
+        `probe` (an activation probe on the reference model, `probe_path`) or `constant` (`critic_value`).
     critic_value (`float`, defaults to `0.0`):
         The risk given by the `constant` critic.
+    probe_path (`str`, *optional*):
+        The probe directory (`tether probe fit --out`) of `critic: probe`.
     """
 
     regularizer: str = field(default="adaptive", metadata={"help": "none (SFT), fixed (C-SFT) or adaptive."})
@@ -79,6 +82,7 @@ class TetherConfig(SFTConfig):
     logits_chunk_size: int = field(default=0, metadata={"help": "Response positions per LM-head chunk; 0 = auto."})
     critic: str = field(default="label", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
     critic_value: float = field(default=0.0, metadata={"help": "Risk given by the constant critic."})
+    probe_path: str | None = field(default=None, metadata={"help": "Probe directory for critic=probe."})
 
     # Defaults that differ from SFTConfig: tether prepares and collates its own data (response-only labels, risk),
     # and logs every step.
@@ -105,6 +109,8 @@ class TetherConfig(SFTConfig):
         for name in ("beta", "beta_min", "beta_max", "beta_clamp_min", "beta_clamp_max", "critic_value"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise TetherInputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.regularizer == "adaptive" and self.critic == "probe" and not self.probe_path:
+            raise TetherInputError("critic 'probe' needs probe_path; fit one with `tether probe fit`")
         if not 0.0 <= self.risk_ema < 1.0:
             raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")
         if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
@@ -160,8 +166,11 @@ class TetherTrainer(SFTTrainer):
         self.weights = args.make_weights()
         self.critic = None
         if args.regularizer == "adaptive":
-            critic_kwargs = {"value": args.critic_value} if args.critic == "constant" and critic is None else {}
-            self.critic = get_critic(critic or args.critic, **critic_kwargs)
+            critic_kwargs = {"constant": {"value": args.critic_value}, "probe": {"probe_path": args.probe_path}}
+            self.critic = get_critic(critic or args.critic, **({} if critic else critic_kwargs.get(args.critic, {})))
+        if "reference_features" in getattr(self.critic, "needs", ()):
+            self.critic.probe.check_model(self.model, kwargs["processing_class"])
+            check_layers(self.model, self.critic.layers)
         self.reference = None
         if args.regularizer != "none":
             self.reference = frozen_copy or AdapterDisabledReference(self.model)
@@ -175,6 +184,21 @@ class TetherTrainer(SFTTrainer):
         forward_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         unwrapped = self.accelerator.unwrap_model(model)
 
+        probe_layers = getattr(self.critic, "layers", None) if self.critic else None
+        ref_hidden = ref_head = None
+        if self.reference is not None:
+            batch_rows = torch.arange(inputs["input_ids"].shape[0], device=rows.device)
+            last_prompt = inputs["prompt_length"] - 1  # (B,): causal, so this state depends on the prompt only
+            with (
+                self.reference.active() as ref_model,
+                capture_head_inputs(ref_model, rows, cols) as reference,
+                capture_layer_states(ref_model, probe_layers or [], batch_rows, last_prompt) as layer_states,
+            ):
+                ref_model(**forward_inputs, use_cache=False)
+            ref_hidden, ref_head = reference["hidden"], linear_head(ref_model)  # (N, d)
+            if probe_layers:
+                inputs = {**inputs, "reference_features": stack_layers(layer_states, probe_layers)}  # (B, L, d)
+
         with torch.no_grad():
             batch_size = inputs["input_ids"].shape[0]
             scores = self.critic.score(inputs) if self.critic else torch.zeros(batch_size, device=rows.device)
@@ -183,11 +207,6 @@ class TetherTrainer(SFTTrainer):
 
         with capture_head_inputs(unwrapped, rows, cols) as policy:
             model(**forward_inputs, use_cache=False)
-        ref_hidden = ref_head = None
-        if self.reference is not None:
-            with self.reference.active() as ref_model, capture_head_inputs(ref_model, rows, cols) as reference:
-                ref_model(**forward_inputs, use_cache=False)
-            ref_hidden, ref_head = reference["hidden"], linear_head(ref_model)  # (N, d)
 
         head = linear_head(unwrapped)
         loss_sum, nll, kl = ResponseLoss.apply(

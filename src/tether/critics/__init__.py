@@ -9,6 +9,7 @@ from tether.critics.base import Critic
 CRITICS = {
     "constant": "tether.critics.constant:ConstantCritic",
     "label": "tether.critics.label:LabelCritic",
+    "probe": "tether.critics.probe:ProbeCritic",
 }
 
 

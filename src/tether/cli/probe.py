@@ -1,0 +1,125 @@
+"""`tether probe fit | eval | score`: fit an activation probe, evaluate it (or sweep layers × poolings), audit data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tether.errors import TetherInputError
+
+EXAMPLES = """examples:
+  tether probe fit --model smollm2-135m-instruct --harmful advbench safety-llamas --benign alpaca gsm8k:1000 \\
+      --layers 10 11 12 13 14 --pooling mean --out probes/smollm2
+  tether probe eval --probe probes/smollm2 --harmful harmbench I-CoNa --benign alpaca-eval xstest-safe
+  tether probe score --probe probes/smollm2 --data my_train.jsonl --out risk.jsonl"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"tether: error: {message}\n")
+        sys.exit(2)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tether probe", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    common = Parser(add_help=False)
+    common.add_argument("--data_dir", default=None, help="folder of the named sets (default ../shared/data)")
+    common.add_argument("--batch_size", type=int, default=16)
+    common.add_argument("--model", default=None, help="model (default: the one named in the probe)")
+
+    fit = verbs.add_parser("fit", parents=[common], help="fit a probe")
+    fit.add_argument("--harmful", nargs="+", required=True, help="harmful prompt sources (named sets or files)")
+    fit.add_argument("--benign", nargs="+", required=True, help="benign prompt sources")
+    fit.add_argument("--layers", nargs="+", type=int, required=True, help="hidden-state indices, 0 = embeddings")
+    fit.add_argument("--pooling", default="mean", help="last-layer, mean, max, weighted or concat")
+    fit.add_argument("--C", type=float, default=None, help="inverse L2 strength (default: 5-fold CV)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", required=True, help="probe directory to create")
+
+    evaluate = verbs.add_parser("eval", parents=[common], help="AUROC and recall at low FPR on named sets")
+    evaluate.add_argument("--probe", required=True)
+    evaluate.add_argument("--harmful", nargs="+", required=True)
+    evaluate.add_argument("--benign", nargs="+", required=True)
+    evaluate.add_argument("--threshold", type=float, default=0.5)
+    evaluate.add_argument("--sweep", action="store_true", help="also fit every layer × pooling on the probe's sets")
+    evaluate.add_argument("--poolings", nargs="+", default=["mean", "max", "concat", "weighted"])
+    evaluate.add_argument("--window", type=int, default=3, help="consecutive layers pooled in the sweep")
+    evaluate.add_argument("--out", default=None, help="write eval.json (and the sweep report) here")
+
+    score = verbs.add_parser("score", parents=[common], help="per-example risk of a dataset (pre-training audit)")
+    score.add_argument("--probe", required=True)
+    score.add_argument("--data", required=True, help="training data (file or named dataset) or a prompt set")
+    score.add_argument("--threshold", type=float, default=0.5)
+    score.add_argument("--out", required=True, help="JSONL of per-example risk")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from tether.critics.probe import LinearProbe
+    from tether.critics.probe_sweep import FeatureBank, evaluate, fit_from_sources, sweep, write_sweep_report
+    from tether.modeling import load_model_and_tokenizer
+
+    args = make_parser().parse_args(argv)
+    probe = None if args.verb == "fit" else LinearProbe.load(args.probe)
+    model_name = args.model or (probe.metadata.get("model", {}).get("name") if probe else None)
+    if not model_name:
+        raise TetherInputError("pass --model (the model to read activations from)")
+    if args.verb == "fit" and Path(args.out).exists():
+        raise TetherInputError(f"probe output {args.out} already exists; pass another --out")
+    model, tokenizer = load_model_and_tokenizer(model_name)
+    if probe is not None:
+        probe.check_model(model, tokenizer)
+    bank = FeatureBank(model, tokenizer, args.data_dir, args.batch_size)
+
+    if args.verb == "fit":
+        from tether.critics.probe import check_layers
+
+        check_layers(model, args.layers)
+        probe = fit_from_sources(bank, args.harmful, args.benign, args.layers, args.pooling, args.C, args.seed)
+        probe.metadata["model"]["name"] = model_name
+        probe.metadata["fit_metrics"] = evaluate(probe, bank, args.harmful, args.benign)
+        probe.save(args.out)
+        print(f"probe: {args.out} (layers {args.layers}, {args.pooling}, C {probe.metadata['C']:g})")
+        return 0
+
+    if args.verb == "eval":
+        result = evaluate(probe, bank, args.harmful, args.benign, args.threshold)
+        for source, metrics in result["per_harmful_set"].items():
+            print(f"{source:28s} AUROC {metrics['auroc']:.3f}  recall@1%FPR {metrics['recall_at_1pct_fpr']:.3f}  "
+                  f"recall@5%FPR {metrics['recall_at_5pct_fpr']:.3f}  accuracy {metrics['accuracy']:.3f}")
+        for source, share in result["flagged_share"].items():
+            print(f"{source:28s} flagged at {args.threshold}: {share:.1%}")
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "eval.json").write_text(json.dumps(result, indent=2))
+        if args.sweep:
+            fit_sets = probe.metadata["fit_sets"]
+            n = len(bank.all_layers)
+            layer_sets = [[layer] for layer in range(n)] + [list(range(s, s + args.window))
+                                                            for s in range(0, n - args.window + 1, args.window)]
+            rows = sweep(bank, fit_sets["harmful"], fit_sets["benign"], args.harmful, args.benign, layer_sets,
+                         ["last-layer", *args.poolings], seed=probe.metadata.get("seed", 0))
+            write_sweep_report(rows, args.out or ".", f"probe sweep: {model_name}")
+            print(f"sweep: {Path(args.out or '.') / 'sweep.md'}")
+        return 0
+
+    # score
+    from tether.critics.probe_sweep import prompts_of
+
+    prompts = prompts_of(args.data, args.data_dir)
+    from tether.critics.probe import prompt_features
+
+    risks = probe.score(prompt_features(model, tokenizer, prompts, probe.layers, args.batch_size)).tolist()
+    out = Path(args.out)
+    staging = out.with_name(out.name + ".incomplete")
+    with staging.open("w") as f:
+        for i, (prompt, risk) in enumerate(zip(prompts, risks)):
+            f.write(json.dumps({"index": i, "risk": risk, "flagged": risk >= args.threshold,
+                                "prompt": prompt[-1]["content"][:200]}) + "\n")
+    staging.rename(out)
+    flagged = sum(r >= args.threshold for r in risks)
+    print(f"{len(risks)} examples, {flagged} ({flagged / len(risks):.1%}) at risk >= {args.threshold}; wrote {out}")
+    return 0

@@ -1,0 +1,366 @@
+"""Activation-probe critic: logistic regression on the reference model's hidden states at the last prompt token.
+
+The last prompt token is the final token of the chat template's generation prompt, whose output predicts the first
+response token (`docs/method.md` §2). Layer index ℓ means the output of block ℓ, 0 the embeddings. The features of
+the selected layers are pooled (`last-layer`, `mean`, `max`, `weighted`, `concat`), standardized, and scored by an
+L2-regularized, class-balanced logistic regression whose output is calibrated by Platt scaling on a held-out split:
+risk s = calibrated P(harmful | prompt).
+
+In training (`critic: probe`), the features come from the reference forward pass that the KL term already runs:
+with causal attention the hidden state at the last prompt position depends only on the prompt, so the probe costs a
+gather and a dot product. The probe is saved without pickle: `probe.safetensors` (numbers) + `probe.json` (metadata,
+including a fingerprint of the model it was fit on; loading it onto another model is an error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tether.errors import TetherInputError
+
+POOLINGS = ("last-layer", "mean", "max", "weighted", "concat")
+PROBE_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Features
+
+
+def decoder_of(model):
+    """The decoder stack (with `embed_tokens` and `layers`) of a causal LM, under PEFT or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder()
+
+
+def num_blocks(model) -> int:
+    return len(decoder_of(model).layers)
+
+
+def check_layers(model, layers: list[int]) -> None:
+    n = num_blocks(model)
+    bad = [layer for layer in layers if not 0 <= layer <= n]
+    if bad or not layers:
+        raise TetherInputError(
+            f"probe layer(s) {bad or layers} out of range: the model has {n} blocks, so layers are 0 (embeddings) to {n}"
+        )
+
+
+@contextlib.contextmanager
+def capture_layer_states(model, layers: list[int], rows: torch.Tensor, cols: torch.Tensor):
+    """While active, a forward of `model` stores hidden_states[ℓ] at (rows, cols) in `captured[ℓ]` (n, d) float32."""
+    decoder = decoder_of(model)
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for layer in layers:
+        module = decoder.embed_tokens if layer == 0 else decoder.layers[layer - 1]
+
+        def keep(module, args, output, layer=layer):
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, d)
+            captured[layer] = hidden[rows, cols].detach().float()  # (n, d)
+
+        handles.append(module.register_forward_hook(keep))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def stack_layers(captured: dict[int, torch.Tensor], layers: list[int]) -> torch.Tensor:
+    return torch.stack([captured[layer] for layer in layers], dim=1)  # (n, L, d)
+
+
+@torch.no_grad()
+def prompt_features(model, tokenizer, prompts: list[list[dict]], layers: list[int], batch_size: int = 16,
+                    desc: str = "features", padding_side: str = "right") -> torch.Tensor:
+    """Hidden states of `layers` at each prompt's last token (after the generation prompt): (n, L, d) float32.
+
+    With right padding the last prompt token of row i sits at len_i − 1; with left padding at T − 1, and position
+    ids are counted over the attention mask so that padding does not shift them.
+    """
+    from tqdm.auto import tqdm
+
+    check_layers(model, layers)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+            ids = [
+                list(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)
+                     ["input_ids"])
+                for p in prompts[start : start + batch_size]
+            ]
+            width = max(map(len, ids))
+            input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
+            attention_mask = torch.zeros_like(input_ids)
+            for i, row in enumerate(ids):
+                span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+                input_ids[i, span] = torch.tensor(row)
+                attention_mask[i, span] = 1
+            position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
+            rows = torch.arange(len(ids))
+            cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token: the last prompt token
+            with capture_layer_states(model, layers, rows.to(device), cols.to(device)) as captured:
+                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                      position_ids=position_ids.to(device), use_cache=False)
+            out.append(stack_layers(captured, layers).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def pool(features: torch.Tensor, pooling: str, layer_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """features (n, L, d) -> (n, F): F = d, or L·d for `concat`."""
+    if pooling == "last-layer":
+        return features[:, -1]
+    if pooling == "mean":
+        return features.mean(1)
+    if pooling == "max":
+        return features.amax(1)
+    if pooling == "weighted":
+        return torch.einsum("nld,l->nd", features, layer_weights)
+    if pooling == "concat":
+        return features.flatten(1)
+    raise TetherInputError(f"probe pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model fingerprint
+
+
+def model_fingerprint(model, tokenizer) -> dict:
+    """Architecture, a hash of a few weight tensors and of the chat template: what a probe must match."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config()
+    base_params = [p for name, p in decoder_of(model).named_parameters() if "lora_" not in name]  # not the adapter
+    digest = hashlib.sha256()
+    for tensor in base_params[:3] + base_params[-1:]:
+        digest.update(tensor.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+    return {
+        "name": getattr(config, "_name_or_path", ""),
+        "model_type": config.model_type,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "weights_sha256": digest.hexdigest()[:16],
+        "chat_template_sha256": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The probe
+
+
+@dataclass
+class LinearProbe:
+    """A fitted probe: pool -> standardize -> logistic regression -> Platt calibration. All tensors float32."""
+
+    layers: list[int]
+    pooling: str
+    mean: torch.Tensor  # (F,)
+    std: torch.Tensor  # (F,)
+    coef: torch.Tensor  # (F,)
+    intercept: float
+    platt_scale: float
+    platt_bias: float
+    layer_weights: torch.Tensor | None = None  # (L,), for `weighted`
+    metadata: dict = field(default_factory=dict)
+
+    def logit(self, features: torch.Tensor) -> torch.Tensor:
+        """features (n, L, d) -> uncalibrated logit (n,)."""
+        x = pool(features.float(), self.pooling, self.layer_weights)  # (n, F)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x @ self.coef.to(x.device) + self.intercept
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """features (n, L, d) -> calibrated P(harmful) (n,) in [0, 1]."""
+        return torch.sigmoid(self.platt_scale * self.logit(features) + self.platt_bias)
+
+    def save(self, directory: str | Path) -> None:
+        """`probe.safetensors` + `probe.json`, written to a staging folder and renamed: never half-written."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        if directory.exists():
+            raise TetherInputError(f"probe output {directory} already exists; pass another --out")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+        try:
+            tensors = {"mean": self.mean, "std": self.std, "coef": self.coef}
+            if self.layer_weights is not None:
+                tensors["layer_weights"] = self.layer_weights
+            save_file({k: v.contiguous().float() for k, v in tensors.items()}, staging / "probe.safetensors")
+            meta = {
+                "format": PROBE_FORMAT,
+                "layers": self.layers,
+                "pooling": self.pooling,
+                "position": "last-prompt-token",
+                "intercept": self.intercept,
+                "platt_scale": self.platt_scale,
+                "platt_bias": self.platt_bias,
+                **self.metadata,
+            }
+            (staging / "probe.json").write_text(json.dumps(meta, indent=2))
+            os.replace(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LinearProbe:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not (directory / "probe.json").is_file() or not (directory / "probe.safetensors").is_file():
+            raise TetherInputError(f"{directory} is not a probe: it needs probe.json and probe.safetensors")
+        try:
+            meta = json.loads((directory / "probe.json").read_text())
+            tensors = load_file(directory / "probe.safetensors")
+            probe = cls(
+                layers=[int(layer) for layer in meta.pop("layers")],
+                pooling=meta.pop("pooling"),
+                mean=tensors["mean"],
+                std=tensors["std"],
+                coef=tensors["coef"],
+                intercept=float(meta.pop("intercept")),
+                platt_scale=float(meta.pop("platt_scale")),
+                platt_bias=float(meta.pop("platt_bias")),
+                layer_weights=tensors.get("layer_weights"),
+                metadata=meta,
+            )
+        except (json.JSONDecodeError, SafetensorError, KeyError, ValueError, TypeError) as error:
+            raise TetherInputError(f"probe {directory} is corrupted ({type(error).__name__}: {error}); refit it") from None
+        if not probe.coef.shape == probe.mean.shape == probe.std.shape:
+            raise TetherInputError(f"probe {directory} is corrupted (tensor shapes differ); refit it")
+        return probe
+
+    def check_model(self, model, tokenizer) -> None:
+        """Refuse a model (or chat template) other than the one the probe was fit on."""
+        expected = self.metadata.get("model", {})
+        actual = model_fingerprint(model, tokenizer)
+        diffs = [key for key in ("hidden_size", "num_hidden_layers", "weights_sha256", "chat_template_sha256")
+                 if expected.get(key) != actual[key]]
+        if diffs:
+            raise TetherInputError(
+                f"the probe was fit on another model ({expected.get('name') or '?'}: {', '.join(diffs)} differ); "
+                "refit it with `tether probe fit` on this model"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fitting and metrics
+
+
+def fit_probe(harmful: torch.Tensor, benign: torch.Tensor, layers: list[int], pooling: str = "mean",
+              C: float | None = None, calibration_fraction: float = 0.2, seed: int = 0) -> LinearProbe:
+    """Fit on features (n, L, d) of harmful and benign prompts. C=None picks it by 5-fold cross-validation.
+
+    A stratified `calibration_fraction` is held out: the logistic regression is fit on the rest, Platt scaling on it.
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import train_test_split
+
+    if len(harmful) == 0 or len(benign) == 0:
+        raise TetherInputError("a probe needs at least one harmful and one benign prompt; both sets must be non-empty")
+    if pooling not in POOLINGS:
+        raise TetherInputError(f"probe pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+    features = torch.cat([harmful, benign]).float()  # (n, L, d)
+    labels = np.r_[np.ones(len(harmful)), np.zeros(len(benign))]
+    train, calib = train_test_split(np.arange(len(labels)), test_size=calibration_fraction, stratify=labels,
+                                    random_state=seed)
+    layer_weights = None
+    if pooling == "weighted":  # w_ℓ ∝ max(AUROC_ℓ − 0.5, 0) of one-layer probes, measured on the held-out split
+        aurocs = torch.tensor([
+            auroc(labels[calib], fit_probe(features[train][labels[train] == 1][:, [i]],
+                                           features[train][labels[train] == 0][:, [i]], [layers[i]], "last-layer",
+                                           C=1.0, seed=seed).logit(features[calib][:, [i]]).numpy())
+            for i in range(len(layers))
+        ])
+        layer_weights = (aurocs - 0.5).clamp(min=0)
+        layer_weights = layer_weights / layer_weights.sum() if layer_weights.sum() > 0 else torch.full_like(
+            layer_weights, 1 / len(layers))
+    x = pool(features, pooling, layer_weights).numpy()  # (n, F)
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+    z = (x - mean) / std
+    if C is None:
+        model = LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0, 10.0], cv=5, class_weight="balanced", max_iter=3000,
+                                     scoring="roc_auc", random_state=seed)
+    else:
+        model = LogisticRegression(C=C, class_weight="balanced", max_iter=3000, random_state=seed)
+    model.fit(z[train], labels[train])
+    logits = z[calib] @ model.coef_[0] + model.intercept_[0]
+    platt = LogisticRegression(C=1e6, max_iter=1000).fit(logits[:, None], labels[calib])
+    return LinearProbe(
+        layers=list(layers),
+        pooling=pooling,
+        mean=torch.tensor(mean, dtype=torch.float32),
+        std=torch.tensor(std, dtype=torch.float32),
+        coef=torch.tensor(model.coef_[0], dtype=torch.float32),
+        intercept=float(model.intercept_[0]),
+        platt_scale=float(platt.coef_[0, 0]),
+        platt_bias=float(platt.intercept_[0]),
+        layer_weights=layer_weights,
+        metadata={"C": float(np.atleast_1d(getattr(model, "C_", [C]))[0]), "n_harmful": len(harmful),
+                  "n_benign": len(benign), "calibration_fraction": calibration_fraction, "seed": seed},
+    )
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def probe_metrics(harmful_scores: np.ndarray, benign_scores: np.ndarray, threshold: float = 0.5) -> dict:
+    """AUROC, accuracy at `threshold`, recall at 1% and 5% false-positive rate, false-positive rate at `threshold`."""
+    from sklearn.metrics import roc_curve
+
+    labels = np.r_[np.ones(len(harmful_scores)), np.zeros(len(benign_scores))]
+    scores = np.r_[harmful_scores, benign_scores]
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return {
+        "auroc": auroc(labels, scores),
+        "accuracy": float(((scores >= threshold) == labels).mean()),
+        "recall_at_1pct_fpr": float(np.interp(0.01, fpr, tpr)),
+        "recall_at_5pct_fpr": float(np.interp(0.05, fpr, tpr)),
+        "fpr_at_threshold": float((benign_scores >= threshold).mean()),
+        "recall_at_threshold": float((harmful_scores >= threshold).mean()),
+        "n_harmful": int(len(harmful_scores)),
+        "n_benign": int(len(benign_scores)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The critic
+
+
+class ProbeCritic:
+    """`critic: probe`: risk = the probe's calibrated P(harmful) from the reference pass's last-prompt-token states.
+
+    The trainer captures `reference_features` (B, L, d) at `prompt_length − 1` for `self.layers` during its
+    reference forward pass and puts them in the batch.
+    """
+
+    name = "probe"
+    needs = frozenset({"reference_features"})
+
+    def __init__(self, probe_path: str | Path | None = None, probe: LinearProbe | None = None):
+        if probe is None and probe_path is None:
+            raise TetherInputError("critic 'probe' needs probe_path; fit one with `tether probe fit`")
+        self.probe = probe or LinearProbe.load(probe_path)
+        self.layers = self.probe.layers
+
+    def score(self, batch: dict) -> torch.Tensor:
+        return self.probe.score(batch["reference_features"])  # (B,)
+

@@ -1,0 +1,128 @@
+"""Fit a probe from named prompt sources, evaluate it on named sets, and sweep layers × poolings.
+
+Features of every block are extracted once per prompt set (n × (L+1) × d, float32), so a sweep costs one forward
+pass per prompt and a logistic regression per configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tether.critics.probe import LinearProbe, fit_probe, model_fingerprint, num_blocks, probe_metrics, prompt_features
+from tether.data.prompts import load_prompts
+from tether.errors import TetherInputError
+
+
+class FeatureBank:
+    """Last-prompt-token features of every layer for named prompt sources, extracted once each."""
+
+    def __init__(self, model, tokenizer, data_dir: str | None = None, batch_size: int = 16):
+        self.model, self.tokenizer, self.data_dir, self.batch_size = model, tokenizer, data_dir, batch_size
+        self.all_layers = list(range(num_blocks(model) + 1))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, source: str, layers: list[int] | None = None) -> torch.Tensor:
+        """(n, len(layers), d) features of `source` (every layer if `layers` is None)."""
+        if source not in self.cache:
+            prompts = load_prompts(source, self.data_dir)
+            self.cache[source] = prompt_features(self.model, self.tokenizer, prompts, self.all_layers,
+                                                 self.batch_size, desc=source)
+        features = self.cache[source]
+        return features if layers is None else features[:, layers]
+
+    def many(self, sources: list[str], layers: list[int] | None = None) -> torch.Tensor:
+        return torch.cat([self(source, layers) for source in sources])
+
+
+def fit_from_sources(bank: FeatureBank, harmful: list[str], benign: list[str], layers: list[int], pooling: str,
+                     C: float | None = None, seed: int = 0) -> LinearProbe:
+    probe = fit_probe(bank.many(harmful, layers), bank.many(benign, layers), layers, pooling, C=C, seed=seed)
+    probe.metadata.update(
+        model=model_fingerprint(bank.model, bank.tokenizer),
+        fit_sets={"harmful": harmful, "benign": benign},
+        fit_sizes={"harmful": int(sum(len(bank(s)) for s in harmful)), "benign": int(sum(len(bank(s)) for s in benign))},
+    )
+    return probe
+
+
+def evaluate(probe: LinearProbe, bank: FeatureBank, harmful: list[str], benign: list[str],
+             threshold: float = 0.5) -> dict:
+    """Metrics of each harmful set against all benign sets together, plus every set's flagged share."""
+    benign_scores = np.concatenate([probe.score(bank(s, probe.layers)).numpy() for s in benign])
+    result = {"threshold": threshold, "per_harmful_set": {}, "flagged_share": {}}
+    for source in harmful:
+        scores = probe.score(bank(source, probe.layers)).numpy()
+        result["per_harmful_set"][source] = probe_metrics(scores, benign_scores, threshold)
+        result["flagged_share"][source] = float((scores >= threshold).mean())
+    for source in benign:
+        result["flagged_share"][source] = float((probe.score(bank(source, probe.layers)).numpy() >= threshold).mean())
+    return result
+
+
+def sweep(bank: FeatureBank, fit_harmful, fit_benign, eval_harmful, eval_benign, layer_sets: list[list[int]],
+          poolings: list[str], C: float | None = None, seed: int = 0) -> list[dict]:
+    """One row per (layers, pooling): AUROC per harmful evaluation set and the flagged shares of benign sets."""
+    rows = []
+    for layers in layer_sets:
+        for pooling in poolings:
+            if len(layers) == 1 and pooling not in ("last-layer",):
+                continue  # every pooling is the same on one layer
+            probe = fit_from_sources(bank, fit_harmful, fit_benign, layers, pooling, C=C, seed=seed)
+            result = evaluate(probe, bank, eval_harmful, eval_benign)
+            aurocs = {s: m["auroc"] for s, m in result["per_harmful_set"].items()}
+            rows.append({"layers": layers, "pooling": pooling if len(layers) > 1 else "one layer", "C": probe.metadata["C"],
+                         "auroc": aurocs, "flagged_share": result["flagged_share"]})
+    return rows
+
+
+def write_sweep_report(rows: list[dict], out_dir: str | Path, title: str) -> None:
+    """`sweep.json`, `sweep.md` (a table) and `sweep.png` (AUROC against layer, one-layer probes) in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
+    sets = list(rows[0]["auroc"])
+    benign = [s for s in rows[0]["flagged_share"] if s not in sets]
+    lines = [f"# {title}", "", "| layers | pooling | C | " + " | ".join(f"AUROC {s}" for s in sets)
+             + " | " + " | ".join(f"FPR {s}" for s in benign) + " |",
+             "|" + "---|" * (3 + len(sets) + len(benign))]
+    for row in rows:
+        layers = f"{row['layers'][0]}" if len(row["layers"]) == 1 else f"{row['layers'][0]}–{row['layers'][-1]}"
+        lines.append(f"| {layers} | {row['pooling']} | {row['C']:g} | "
+                     + " | ".join(f"{row['auroc'][s]:.3f}" for s in sets) + " | "
+                     + " | ".join(f"{row['flagged_share'][s]:.1%}" for s in benign) + " |")
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    single = [r for r in rows if len(r["layers"]) == 1]
+    if single:
+        try:
+            import matplotlib
+        except ImportError as error:
+            raise TetherInputError("the sweep plot needs matplotlib: pip install 'tether[plots]'") from error
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for s in sets:
+            ax.plot([r["layers"][0] for r in single], [r["auroc"][s] for r in single], marker="o", label=s)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_ylabel("AUROC")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "sweep.png", dpi=120)
+        plt.close(fig)
+
+
+def prompts_of(source: str, data_dir: str | None = None) -> list[list[dict]]:
+    """The prompts (every message but the response) of training data, or the prompts of a prompt set."""
+    from tether.data.prompts import PROMPT_SETS
+    from tether.data.sources import load_examples
+
+    if source.split(":")[0] in PROMPT_SETS:
+        return load_prompts(source, data_dir)
+    return [row["messages"][:-1] for row in load_examples(source, data_dir)]

@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_config, make_trainer
+from tether.cli import main
+from tether.critics.probe import (
+    LinearProbe,
+    ProbeCritic,
+    check_layers,
+    fit_probe,
+    model_fingerprint,
+    pool,
+    probe_metrics,
+    prompt_features,
+)
+from tether.errors import TetherInputError
+from tether.modeling import build_tiny_model
+
+LAYERS = [1, 2]
+
+
+def prompts_of(rows):
+    return [row["messages"][:-1] for row in rows]
+
+
+@pytest.fixture
+def tiny_probe(tiny_model, tokenizer, rows):
+    """A probe on the tiny model: flagged placeholder prompts against arithmetic prompts."""
+    flagged, benign = rows[-8:], rows[:24]
+    probe = fit_probe(prompt_features(tiny_model, tokenizer, prompts_of(flagged), LAYERS),
+                      prompt_features(tiny_model, tokenizer, prompts_of(benign), LAYERS), LAYERS, "mean", C=1.0)
+    probe.metadata["model"] = model_fingerprint(tiny_model, tokenizer)
+    return probe
+
+
+def test_pooling_shapes():
+    features = torch.randn(5, 3, 8)  # (n, L, d)
+    assert pool(features, "last-layer").shape == (5, 8)
+    assert pool(features, "mean").shape == (5, 8)
+    assert pool(features, "max").shape == (5, 8)
+    assert pool(features, "concat").shape == (5, 24)
+    torch.testing.assert_close(pool(features, "weighted", torch.tensor([0.0, 0.0, 1.0])), features[:, 2])
+
+
+def test_auroc_on_a_separable_synthetic_set():
+    """Two Gaussians 1.5 σ apart along one direction: held-out AUROC well above chance, near the Bayes 0.86."""
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.zeros(16)
+    direction[3] = 1.5
+    harmful = torch.randn(400, 2, 16, generator=generator) + direction
+    benign = torch.randn(400, 2, 16, generator=generator)
+    probe = fit_probe(harmful[:300], benign[:300], [1, 2], "mean")
+    metrics = probe_metrics(probe.score(harmful[300:]).numpy(), probe.score(benign[300:]).numpy())
+    assert metrics["auroc"] > 0.9  # mean pooling of 2 layers: 1.5 σ · √2 apart
+    scores = probe.score(torch.cat([harmful[300:], benign[300:]])).numpy()
+    assert 0.3 < scores.mean() < 0.7  # calibrated on a balanced set
+
+
+def test_left_and_right_padding_give_the_same_features(tiny_model, tokenizer, rows):
+    prompts = prompts_of(rows[::5])  # different lengths in one batch
+    right = prompt_features(tiny_model, tokenizer, prompts, LAYERS, padding_side="right")
+    left = prompt_features(tiny_model, tokenizer, prompts, LAYERS, padding_side="left")
+    alone = torch.cat([prompt_features(tiny_model, tokenizer, [p], LAYERS) for p in prompts])
+    torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(alone, right, rtol=1e-4, atol=1e-5)
+
+
+def test_save_load_scores_identically(tiny_probe, tiny_model, tokenizer, rows, tmp_path):
+    tiny_probe.save(tmp_path / "probe")
+    loaded = LinearProbe.load(tmp_path / "probe")
+    features = prompt_features(tiny_model, tokenizer, prompts_of(rows), LAYERS)
+    assert torch.equal(loaded.score(features), tiny_probe.score(features))
+    assert json.loads((tmp_path / "probe" / "probe.json").read_text())["layers"] == LAYERS
+
+
+def test_probe_from_another_model_is_refused(tiny_probe, tokenizer):
+    other = build_tiny_model(len(tokenizer), seed=1)
+    with pytest.raises(TetherInputError, match="fit on another model"):
+        tiny_probe.check_model(other, tokenizer)
+
+
+def test_corrupted_probe_file(tiny_probe, tmp_path):
+    tiny_probe.save(tmp_path / "probe")
+    (tmp_path / "probe" / "probe.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(TetherInputError, match="corrupted"):
+        LinearProbe.load(tmp_path / "probe")
+
+
+def test_empty_set_and_layer_out_of_range(tiny_model):
+    with pytest.raises(TetherInputError, match="non-empty"):
+        fit_probe(torch.zeros(0, 1, 4), torch.zeros(3, 1, 4), [1])
+    with pytest.raises(TetherInputError, match=r"layers are 0 \(embeddings\) to 2"):
+        check_layers(tiny_model, [3])
+
+
+def test_in_training_risk_equals_probe_score(tiny_probe, tiny_model, tokenizer, rows, tmp_path):
+    """The risk read from the reference pass (prompt + response, right-padded batch) equals scoring the prompts
+    alone, example by example."""
+    tiny_probe.save(tmp_path / "probe")
+    batch_rows = [rows[0], rows[-1], rows[7], rows[-4]]
+    expected = tiny_probe.score(prompt_features(tiny_model, tokenizer, prompts_of(batch_rows), LAYERS))
+    config = make_config(tmp_path, regularizer="adaptive", critic="probe", probe_path=str(tmp_path / "probe"))
+    trainer = make_trainer(tiny_model, tokenizer, batch_rows, config)
+    seen = []
+    score = trainer.critic.score
+    trainer.critic.score = lambda batch: seen.append(score(batch)) or seen[-1]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.compute_loss(trainer.model, batch)
+    torch.testing.assert_close(seen[0], expected, rtol=1e-4, atol=1e-5)
+    assert isinstance(trainer.critic, ProbeCritic)
+
+
+def test_probe_critic_needs_a_probe_path(tmp_path):
+    with pytest.raises(TetherInputError, match="needs probe_path"):
+        make_config(tmp_path, regularizer="adaptive", critic="probe")
+
+
+def test_cli_fit_eval_score(tmp_path, capsys):
+    """The real verbs on the tiny model with prompt files: fit writes a probe, eval prints AUROC, score writes one
+    risk per example."""
+    harmful = tmp_path / "harmful.txt"
+    benign = tmp_path / "benign.txt"
+    harmful.write_text("\n".join(f"placeholder request number {i}" for i in range(12)))
+    benign.write_text("\n".join(f"add {i} and {i + 1}" for i in range(12)))
+    probe_dir = tmp_path / "probe"
+    assert main(["probe", "fit", "--model", "tiny-llama", "--harmful", str(harmful), "--benign", str(benign),
+                 "--layers", "1", "2", "--pooling", "mean", "--C", "1.0", "--out", str(probe_dir)]) == 0
+    assert (probe_dir / "probe.safetensors").is_file()
+    assert main(["probe", "eval", "--probe", str(probe_dir), "--harmful", str(harmful), "--benign", str(benign)]) == 0
+    assert "AUROC" in capsys.readouterr().out
+    out = tmp_path / "risk.jsonl"
+    assert main(["probe", "score", "--probe", str(probe_dir), "--data", "tiny-synthetic", "--out", str(out)]) == 0
+    risks = [json.loads(line)["risk"] for line in out.read_text().splitlines()]
+    assert len(risks) == 32 and all(0.0 <= r <= 1.0 for r in risks)
+    assert np.mean(risks[-8:]) > np.mean(risks[:24])  # the flagged rows score higher
+    code = main(["probe", "fit", "--model", "tiny-llama", "--harmful", str(harmful), "--benign", str(benign),
+                 "--layers", "9", "--out", str(tmp_path / "bad")])
+    assert code == 2 and "out of range" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
