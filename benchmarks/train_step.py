@@ -4,6 +4,7 @@ All modes train the same LoRA adapter (r 16, every projection) on the same batch
 - `none`: `TetherTrainer` with `regularizer: none` (NLL only, no reference pass);
 - `adaptive`: `TetherTrainer` with `regularizer: adaptive`, label critic (half the rows flagged): one extra no-grad
   reference pass with the adapter disabled, KL at response positions only;
+- `probe`: as `adaptive`, with `critic: probe` (`--probe PATH`): the probe reads the reference pass's states;
 - `naive`: a second full copy of the model as the reference, and NLL + KL over every position's full logits
   (B × T × V), masked afterwards: how a straightforward implementation does it.
 
@@ -41,19 +42,23 @@ def make_batch(tokenizer, data_dir, batch_size, max_length):
     return dataset, TetherCollator(tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
 
 
-def tether_step_fn(mode, model_name, dataset, tokenizer, batch):
+def tether_step_fn(mode, model_name, dataset, tokenizer, batch, probe_path=None):
     model, _ = load_model_and_tokenizer(model_name)
     config = TetherConfig(
         output_dir="/tmp/tether-bench",
-        regularizer=mode,
-        critic="label",
+        regularizer="adaptive" if mode == "probe" else mode,
+        critic="probe" if mode == "probe" else "label",
+        probe_path=probe_path,
         gradient_checkpointing=False,
         use_cpu=True,
         report_to="none",
         disable_tqdm=True,
     )
     trainer = TetherTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
         peft_config=ModelArgs().lora_config(),
     )
     trainer.model.train()
@@ -107,14 +112,15 @@ def main():
     parser.add_argument("--max_length", type=int, default=160)
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--probe", default=None, help="probe directory for the `probe` mode")
     args = parser.parse_args()
 
     _, tokenizer = load_model_and_tokenizer(args.model)
     dataset, batch = make_batch(tokenizer, args.data_dir, args.batch_size, args.max_length)
     steps = {
-        mode: naive_step_fn(args.model, batch) if mode == "naive" else tether_step_fn(
-            mode, args.model, dataset, tokenizer, batch
-        )
+        mode: naive_step_fn(args.model, batch)
+        if mode == "naive"
+        else tether_step_fn(mode, args.model, dataset, tokenizer, batch, args.probe)
         for mode in args.modes
     }
     times = {mode: [] for mode in args.modes}
@@ -136,6 +142,8 @@ def main():
     }
     if "none" in median:
         result["ratio_to_none"] = {mode: median[mode] / median["none"] for mode in median}
+    if "probe" in median and "adaptive" in median:
+        result["probe_over_adaptive"] = median["probe"] / median["adaptive"]
     if "naive" in median and "adaptive" in median:
         result["adaptive_over_naive"] = median["adaptive"] / median["naive"]
     print(json.dumps(result, indent=2))

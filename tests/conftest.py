@@ -52,7 +52,9 @@ def make_trainer(model, tokenizer, rows, config, peft_config="default", **kwargs
     from peft import LoraConfig
 
     if peft_config == "default":
-        peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     dataset, _ = tokenize_rows(rows, tokenizer, config.max_length)
     return TetherTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, **kwargs

@@ -18,13 +18,31 @@ TINY = str(ROOT / "configs" / "tiny.yaml")
 def test_console_script_trains_tiny_config(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "tether"), "train", "--config", TINY, "--output_dir", str(run),
-         "--max_steps", "3", "--beta_max", "0.8"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+        [
+            str(Path(sys.executable).parent / "tether"),
+            "train",
+            "--config",
+            TINY,
+            "--output_dir",
+            str(run),
+            "--max_steps",
+            "3",
+            "--beta_max",
+            "0.8",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in run.iterdir()) == ["adapter", "config.yaml", "data_summary.json", "env.json",
-                                                     "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "adapter",
+        "config.yaml",
+        "data_summary.json",
+        "env.json",
+        "metrics.jsonl",
+    ]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["training"]["beta_max"] == 0.8  # the CLI flag overrides the YAML
@@ -32,8 +50,15 @@ def test_console_script_trains_tiny_config(tmp_path):
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [s for s in steps if "loss/kl" in s]
     assert len(logged) == 3
-    for key in ("critic/risk_mean", "weights/beta_mean", "weights/beta_min", "weights/beta_max", "weights/alpha_mean",
-                "loss/nll", "loss/kl"):
+    for key in (
+        "critic/risk_mean",
+        "weights/beta_mean",
+        "weights/beta_min",
+        "weights/beta_max",
+        "weights/alpha_mean",
+        "loss/nll",
+        "loss/kl",
+    ):
         assert key in logged[0]
     assert not (tmp_path / "run.incomplete").exists()
 

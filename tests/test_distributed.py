@@ -1,5 +1,5 @@
-"""`accelerate launch --multi_gpu --num_processes 2 ... --use_cpu true`: DDP on CPU (gloo) trains the tiny config to the end, saves one adapter, and
-logs risk, β and KL averaged over the global batch (both processes).
+"""`accelerate launch --multi_gpu --num_processes 2 ... --use_cpu true`: DDP on CPU (gloo) trains the tiny config
+to the end, saves one adapter, and logs risk, β and KL averaged over the global batch (both processes).
 
 (`accelerate launch --cpu --num_processes 2` starts one process in accelerate 1.15: its multi-CPU path needs MPI.)"""
 
@@ -16,10 +16,35 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     run = tmp_path / "run"
     accelerate = str(Path(sys.executable).parent / "accelerate")
     result = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "tether.cli", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-         "--output_dir", str(run), "--per_device_train_batch_size", "2", "--disable_tqdm", "true", "--use_cpu", "true"],
-        capture_output=True, text=True, timeout=600,
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "tether.cli",
+            "train",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--output_dir",
+            str(run),
+            "--per_device_train_batch_size",
+            "2",
+            "--disable_tqdm",
+            "true",
+            "--use_cpu",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -38,9 +63,22 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     # denominator is global.
     single = tmp_path / "single"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "tether"), "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-         "--output_dir", str(single), "--max_steps", "1", "--disable_tqdm", "true"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            str(Path(sys.executable).parent / "tether"),
+            "train",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--output_dir",
+            str(single),
+            "--max_steps",
+            "1",
+            "--disable_tqdm",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     first = json.loads((single / "metrics.jsonl").read_text().splitlines()[0])

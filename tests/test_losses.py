@@ -66,7 +66,7 @@ def test_response_loss_matches_autograd(direction, chunk_size, softcap, with_ref
     )
     (2.0 * expected_loss).backward()
     expected = (expected_loss.detach(), expected_nll.detach(), expected_kl.detach(), hidden.grad, weight.grad)
-    for got, want in zip(fused, expected):
+    for got, want in zip(fused, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 

@@ -29,7 +29,7 @@ def test_missing_gguf_file(tmp_path):
 
 def test_tiny_model_is_deterministic(tokenizer):
     a, b = build_tiny_model(len(tokenizer)), build_tiny_model(len(tokenizer))
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_captured_hidden_states_give_the_model_logits(tiny_model):
@@ -57,4 +57,4 @@ def test_smollm2_short_name_converts_once_then_loads_from_cache(tmp_path, monkey
     )
     torch.testing.assert_close(again(**prompt).logits, model(**prompt).logits)
     out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
-    assert "5" in tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
+    assert "5" in tokenizer.decode(out[0, prompt["input_ids"].shape[1] :])

@@ -60,8 +60,21 @@ class ResponseLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, alpha, beta, ref_hidden, ref_weight, ref_bias,
-                kl_direction="forward", chunk_size=0, softcap=None):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        targets,
+        alpha,
+        beta,
+        ref_hidden,
+        ref_weight,
+        ref_bias,
+        kl_direction="forward",
+        chunk_size=0,
+        softcap=None,
+    ):
         if bias is not None and bias.requires_grad:
             raise NotImplementedError("a trainable LM-head bias is not supported; freeze it")
         n = hidden.shape[0]

@@ -130,7 +130,10 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=320,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
@@ -218,3 +221,19 @@ def capture_head_inputs(model, rows: torch.Tensor, cols: torch.Tensor):
         yield captured
     finally:
         handle.remove()
+
+
+def load_trained(name_or_path: str, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model to evaluate: a tether run directory (its `adapter/` merged into the base named in `config.yaml`, or
+    its `model/`), or anything `load_model_and_tokenizer` takes."""
+    run = Path(name_or_path)
+    if (run / "config.yaml").is_file() and (run / "adapter").is_dir():
+        import yaml
+        from peft import PeftModel
+
+        base = yaml.safe_load((run / "config.yaml").read_text())["model"]["model_name_or_path"]
+        model, tokenizer = load_model_and_tokenizer(base, dtype)
+        return PeftModel.from_pretrained(model, run / "adapter").merge_and_unload(), tokenizer
+    if (run / "config.yaml").is_file() and (run / "model").is_dir():
+        return load_model_and_tokenizer(str(run / "model"), dtype)
+    return load_model_and_tokenizer(name_or_path, dtype)

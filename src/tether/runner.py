@@ -50,7 +50,24 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             f"critic 'label' reads a {data_args.risk_column!r} column that dataset {data_args.dataset} does not have; "
             "add the column, mix in --harmful_dataset, or choose another critic"
         )
-    model, tokenizer = load_model_and_tokenizer(model_args.model_name_or_path, model_args.dtype, config.trust_remote_code)
+    critic_records = None
+    if config.regularizer == "adaptive" and config.critic == "judge":
+        from tether.critics.judge import JudgeCritic, JudgeFailure, judge_from_config, judge_pair
+
+        judge = judge_from_config(config)
+        try:
+            rows, critic_records = JudgeCritic(judge).prepare(rows)
+        except JudgeFailure as error:
+            raise TetherInputError(f"judge critic: {error}") from None
+        summary["judge"] = {
+            "id": judge.backend.id,
+            "calls": judge.calls,
+            "failures": len(judge.failures),
+            "distinct_pairs": len({judge_pair(r) for r in rows}),
+        }
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path, model_args.dtype, config.trust_remote_code
+    )
     dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
 
     staging = final_dir.with_name(final_dir.name + ".incomplete")
@@ -77,6 +94,9 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             (staging / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
             (staging / "data_summary.json").write_text(json.dumps(summary, indent=2))
             (staging / "env.json").write_text(json.dumps(environment(), indent=2))
+            if critic_records is not None:
+                lines = [json.dumps(record) for record in critic_records]
+                (staging / "critic_scores.jsonl").write_text("\n".join(lines) + "\n")
         trainer.accelerator.wait_for_everyone()
         trainer.train()
         trainer.save_model(str(staging / ("adapter" if model_args.use_peft else "model")))

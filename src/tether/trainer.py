@@ -60,11 +60,20 @@ class TetherConfig(SFTConfig):
 
     critic (`str`, defaults to `"label"`):
         The safety critic of `regularizer: adaptive`: `label` (risk read from the dataset's risk column, an oracle),
-        `probe` (an activation probe on the reference model, `probe_path`) or `constant` (`critic_value`).
+        `probe` (an activation probe on the reference model, `probe_path`), `judge` (an LLM judge, `judge_url`) or
+        `constant` (`critic_value`).
     critic_value (`float`, defaults to `0.0`):
         The risk given by the `constant` critic.
     probe_path (`str`, *optional*):
         The probe directory (`tether probe fit --out`) of `critic: probe`.
+    judge_url, judge_model, judge_api_key_env (`str`):
+        The OpenAI-compatible judge of `critic: judge` (base URL ending in `/v1`, served model name, the environment
+        variable holding the API key). Each distinct (prompt, response) pair is judged once before training and
+        cached on disk (`judge_cache_dir`); during training the risk is read back from the data.
+    judge_concurrency (`int`, defaults to `4`), judge_failure_policy (`str`, defaults to `"fail_closed"`),
+    judge_max_failure_rate (`float`, defaults to `0.01`):
+        Requests in flight; what a failed judgement becomes (`fail_closed`: risk 1, `fail_open`: risk 0, `abort`);
+        the run aborts above the failure rate whatever the policy.
     """
 
     regularizer: str = field(default="adaptive", metadata={"help": "none (SFT), fixed (C-SFT) or adaptive."})
@@ -83,6 +92,13 @@ class TetherConfig(SFTConfig):
     critic: str = field(default="label", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
     critic_value: float = field(default=0.0, metadata={"help": "Risk given by the constant critic."})
     probe_path: str | None = field(default=None, metadata={"help": "Probe directory for critic=probe."})
+    judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL for critic=judge."})
+    judge_model: str | None = field(default=None, metadata={"help": "Model name the judge server serves."})
+    judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Env variable with the API key."})
+    judge_concurrency: int = field(default=4, metadata={"help": "Judge requests in flight."})
+    judge_failure_policy: str = field(default="fail_closed", metadata={"help": "fail_closed, fail_open or abort."})
+    judge_max_failure_rate: float = field(default=0.01, metadata={"help": "Abort above this failure rate."})
+    judge_cache_dir: str | None = field(default=None, metadata={"help": "Judge score cache (default: user cache)."})
 
     # Defaults that differ from SFTConfig: tether prepares and collates its own data (response-only labels, risk),
     # and logs every step.
@@ -111,6 +127,8 @@ class TetherConfig(SFTConfig):
                 raise TetherInputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.regularizer == "adaptive" and self.critic == "probe" and not self.probe_path:
             raise TetherInputError("critic 'probe' needs probe_path; fit one with `tether probe fit`")
+        if self.regularizer == "adaptive" and self.critic == "judge" and not (self.judge_url and self.judge_model):
+            raise TetherInputError("critic 'judge' needs judge_url and judge_model (an OpenAI-compatible server)")
         if not 0.0 <= self.risk_ema < 1.0:
             raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")
         if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead

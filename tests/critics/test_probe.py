@@ -30,8 +30,13 @@ def prompts_of(rows):
 def tiny_probe(tiny_model, tokenizer, rows):
     """A probe on the tiny model: flagged placeholder prompts against arithmetic prompts."""
     flagged, benign = rows[-8:], rows[:24]
-    probe = fit_probe(prompt_features(tiny_model, tokenizer, prompts_of(flagged), LAYERS),
-                      prompt_features(tiny_model, tokenizer, prompts_of(benign), LAYERS), LAYERS, "mean", C=1.0)
+    probe = fit_probe(
+        prompt_features(tiny_model, tokenizer, prompts_of(flagged), LAYERS),
+        prompt_features(tiny_model, tokenizer, prompts_of(benign), LAYERS),
+        LAYERS,
+        "mean",
+        C=1.0,
+    )
     probe.metadata["model"] = model_fingerprint(tiny_model, tokenizer)
     return probe
 
@@ -126,8 +131,30 @@ def test_cli_fit_eval_score(tmp_path, capsys):
     harmful.write_text("\n".join(f"placeholder request number {i}" for i in range(12)))
     benign.write_text("\n".join(f"add {i} and {i + 1}" for i in range(12)))
     probe_dir = tmp_path / "probe"
-    assert main(["probe", "fit", "--model", "tiny-llama", "--harmful", str(harmful), "--benign", str(benign),
-                 "--layers", "1", "2", "--pooling", "mean", "--C", "1.0", "--out", str(probe_dir)]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "fit",
+                "--model",
+                "tiny-llama",
+                "--harmful",
+                str(harmful),
+                "--benign",
+                str(benign),
+                "--layers",
+                "1",
+                "2",
+                "--pooling",
+                "mean",
+                "--C",
+                "1.0",
+                "--out",
+                str(probe_dir),
+            ]
+        )
+        == 0
+    )
     assert (probe_dir / "probe.safetensors").is_file()
     assert main(["probe", "eval", "--probe", str(probe_dir), "--harmful", str(harmful), "--benign", str(benign)]) == 0
     assert "AUROC" in capsys.readouterr().out
@@ -136,7 +163,21 @@ def test_cli_fit_eval_score(tmp_path, capsys):
     risks = [json.loads(line)["risk"] for line in out.read_text().splitlines()]
     assert len(risks) == 32 and all(0.0 <= r <= 1.0 for r in risks)
     assert np.mean(risks[-8:]) > np.mean(risks[:24])  # the flagged rows score higher
-    code = main(["probe", "fit", "--model", "tiny-llama", "--harmful", str(harmful), "--benign", str(benign),
-                 "--layers", "9", "--out", str(tmp_path / "bad")])
+    code = main(
+        [
+            "probe",
+            "fit",
+            "--model",
+            "tiny-llama",
+            "--harmful",
+            str(harmful),
+            "--benign",
+            str(benign),
+            "--layers",
+            "9",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
     assert code == 2 and "out of range" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

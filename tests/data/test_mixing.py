@@ -5,8 +5,10 @@ from tether.errors import TetherInputError
 
 
 def rows(n, tag):
-    return [{"messages": [{"role": "user", "content": f"{tag}{i}"}, {"role": "assistant", "content": "x"}]}
-            for i in range(n)]
+    return [
+        {"messages": [{"role": "user", "content": f"{tag}{i}"}, {"role": "assistant", "content": "x"}]}
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("ratio, expected", [(0.01, 10), (0.05, 53), (0.09, 99), (0.0, 0)])

@@ -6,8 +6,8 @@ import sys
 
 from tether.errors import TetherInputError
 
-VERBS = {"train": "tether.cli.train", "probe": "tether.cli.probe"}
-USAGE = "usage: tether {train,probe} ...   (tether train --help, tether probe --help)"
+VERBS = {"train": "tether.cli.train", "probe": "tether.cli.probe", "eval": "tether.cli.eval"}
+USAGE = "usage: tether {train,probe,eval} ...   (tether <verb> --help)"
 
 
 def main(argv: list[str] | None = None) -> int:

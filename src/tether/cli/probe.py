@@ -88,8 +88,10 @@ def main(argv: list[str]) -> int:
     if args.verb == "eval":
         result = evaluate(probe, bank, args.harmful, args.benign, args.threshold)
         for source, metrics in result["per_harmful_set"].items():
-            print(f"{source:28s} AUROC {metrics['auroc']:.3f}  recall@1%FPR {metrics['recall_at_1pct_fpr']:.3f}  "
-                  f"recall@5%FPR {metrics['recall_at_5pct_fpr']:.3f}  accuracy {metrics['accuracy']:.3f}")
+            print(
+                f"{source:28s} AUROC {metrics['auroc']:.3f}  recall@1%FPR {metrics['recall_at_1pct_fpr']:.3f}  "
+                f"recall@5%FPR {metrics['recall_at_5pct_fpr']:.3f}  accuracy {metrics['accuracy']:.3f}"
+            )
         for source, share in result["flagged_share"].items():
             print(f"{source:28s} flagged at {args.threshold}: {share:.1%}")
         if args.out:
@@ -98,10 +100,19 @@ def main(argv: list[str]) -> int:
         if args.sweep:
             fit_sets = probe.metadata["fit_sets"]
             n = len(bank.all_layers)
-            layer_sets = [[layer] for layer in range(n)] + [list(range(s, s + args.window))
-                                                            for s in range(0, n - args.window + 1, args.window)]
-            rows = sweep(bank, fit_sets["harmful"], fit_sets["benign"], args.harmful, args.benign, layer_sets,
-                         ["last-layer", *args.poolings], seed=probe.metadata.get("seed", 0))
+            layer_sets = [[layer] for layer in range(n)] + [
+                list(range(s, s + args.window)) for s in range(0, n - args.window + 1, args.window)
+            ]
+            rows = sweep(
+                bank,
+                fit_sets["harmful"],
+                fit_sets["benign"],
+                args.harmful,
+                args.benign,
+                layer_sets,
+                ["last-layer", *args.poolings],
+                seed=probe.metadata.get("seed", 0),
+            )
             write_sweep_report(rows, args.out or ".", f"probe sweep: {model_name}")
             print(f"sweep: {Path(args.out or '.') / 'sweep.md'}")
         return 0
@@ -116,9 +127,13 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     staging = out.with_name(out.name + ".incomplete")
     with staging.open("w") as f:
-        for i, (prompt, risk) in enumerate(zip(prompts, risks)):
-            f.write(json.dumps({"index": i, "risk": risk, "flagged": risk >= args.threshold,
-                                "prompt": prompt[-1]["content"][:200]}) + "\n")
+        for i, (prompt, risk) in enumerate(zip(prompts, risks, strict=True)):
+            f.write(
+                json.dumps(
+                    {"index": i, "risk": risk, "flagged": risk >= args.threshold, "prompt": prompt[-1]["content"][:200]}
+                )
+                + "\n"
+            )
     staging.rename(out)
     flagged = sum(r >= args.threshold for r in risks)
     print(f"{len(risks)} examples, {flagged} ({flagged / len(risks):.1%}) at risk >= {args.threshold}; wrote {out}")

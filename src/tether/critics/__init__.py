@@ -8,6 +8,7 @@ from tether.critics.base import Critic
 
 CRITICS = {
     "constant": "tether.critics.constant:ConstantCritic",
+    "judge": "tether.critics.judge:JudgeCritic",
     "label": "tether.critics.label:LabelCritic",
     "probe": "tether.critics.probe:ProbeCritic",
 }

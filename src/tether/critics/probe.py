@@ -51,7 +51,8 @@ def check_layers(model, layers: list[int]) -> None:
     bad = [layer for layer in layers if not 0 <= layer <= n]
     if bad or not layers:
         raise TetherInputError(
-            f"probe layer(s) {bad or layers} out of range: the model has {n} blocks, so layers are 0 (embeddings) to {n}"
+            f"probe layer(s) {bad or layers} out of range: the model has {n} blocks, "
+            f"so layers are 0 (embeddings) to {n}"
         )
 
 
@@ -81,8 +82,15 @@ def stack_layers(captured: dict[int, torch.Tensor], layers: list[int]) -> torch.
 
 
 @torch.no_grad()
-def prompt_features(model, tokenizer, prompts: list[list[dict]], layers: list[int], batch_size: int = 16,
-                    desc: str = "features", padding_side: str = "right") -> torch.Tensor:
+def prompt_features(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    layers: list[int],
+    batch_size: int = 16,
+    desc: str = "features",
+    padding_side: str = "right",
+) -> torch.Tensor:
     """Hidden states of `layers` at each prompt's last token (after the generation prompt): (n, L, d) float32.
 
     With right padding the last prompt token of row i sits at len_i − 1; with left padding at T − 1, and position
@@ -98,8 +106,11 @@ def prompt_features(model, tokenizer, prompts: list[list[dict]], layers: list[in
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
             ids = [
-                list(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)
-                     ["input_ids"])
+                list(
+                    tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)[
+                        "input_ids"
+                    ]
+                )
                 for p in prompts[start : start + batch_size]
             ]
             width = max(map(len, ids))
@@ -113,8 +124,12 @@ def prompt_features(model, tokenizer, prompts: list[list[dict]], layers: list[in
             rows = torch.arange(len(ids))
             cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token: the last prompt token
             with capture_layer_states(model, layers, rows.to(device), cols.to(device)) as captured:
-                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                      position_ids=position_ids.to(device), use_cache=False)
+                model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    position_ids=position_ids.to(device),
+                    use_cache=False,
+                )
             out.append(stack_layers(captured, layers).cpu())
     finally:
         model.train(was_training)
@@ -240,7 +255,9 @@ class LinearProbe:
                 metadata=meta,
             )
         except (json.JSONDecodeError, SafetensorError, KeyError, ValueError, TypeError) as error:
-            raise TetherInputError(f"probe {directory} is corrupted ({type(error).__name__}: {error}); refit it") from None
+            raise TetherInputError(
+                f"probe {directory} is corrupted ({type(error).__name__}: {error}); refit it"
+            ) from None
         if not probe.coef.shape == probe.mean.shape == probe.std.shape:
             raise TetherInputError(f"probe {directory} is corrupted (tensor shapes differ); refit it")
         return probe
@@ -249,8 +266,11 @@ class LinearProbe:
         """Refuse a model (or chat template) other than the one the probe was fit on."""
         expected = self.metadata.get("model", {})
         actual = model_fingerprint(model, tokenizer)
-        diffs = [key for key in ("hidden_size", "num_hidden_layers", "weights_sha256", "chat_template_sha256")
-                 if expected.get(key) != actual[key]]
+        diffs = [
+            key
+            for key in ("hidden_size", "num_hidden_layers", "weights_sha256", "chat_template_sha256")
+            if expected.get(key) != actual[key]
+        ]
         if diffs:
             raise TetherInputError(
                 f"the probe was fit on another model ({expected.get('name') or '?'}: {', '.join(diffs)} differ); "
@@ -262,8 +282,15 @@ class LinearProbe:
 # Fitting and metrics
 
 
-def fit_probe(harmful: torch.Tensor, benign: torch.Tensor, layers: list[int], pooling: str = "mean",
-              C: float | None = None, calibration_fraction: float = 0.2, seed: int = 0) -> LinearProbe:
+def fit_probe(
+    harmful: torch.Tensor,
+    benign: torch.Tensor,
+    layers: list[int],
+    pooling: str = "mean",
+    C: float | None = None,
+    calibration_fraction: float = 0.2,
+    seed: int = 0,
+) -> LinearProbe:
     """Fit on features (n, L, d) of harmful and benign prompts. C=None picks it by 5-fold cross-validation.
 
     A stratified `calibration_fraction` is held out: the logistic regression is fit on the rest, Platt scaling on it.
@@ -277,25 +304,47 @@ def fit_probe(harmful: torch.Tensor, benign: torch.Tensor, layers: list[int], po
         raise TetherInputError(f"probe pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
     features = torch.cat([harmful, benign]).float()  # (n, L, d)
     labels = np.r_[np.ones(len(harmful)), np.zeros(len(benign))]
-    train, calib = train_test_split(np.arange(len(labels)), test_size=calibration_fraction, stratify=labels,
-                                    random_state=seed)
+    train, calib = train_test_split(
+        np.arange(len(labels)), test_size=calibration_fraction, stratify=labels, random_state=seed
+    )
     layer_weights = None
     if pooling == "weighted":  # w_ℓ ∝ max(AUROC_ℓ − 0.5, 0) of one-layer probes, measured on the held-out split
-        aurocs = torch.tensor([
-            auroc(labels[calib], fit_probe(features[train][labels[train] == 1][:, [i]],
-                                           features[train][labels[train] == 0][:, [i]], [layers[i]], "last-layer",
-                                           C=1.0, seed=seed).logit(features[calib][:, [i]]).numpy())
-            for i in range(len(layers))
-        ])
+        aurocs = torch.tensor(
+            [
+                auroc(
+                    labels[calib],
+                    fit_probe(
+                        features[train][labels[train] == 1][:, [i]],
+                        features[train][labels[train] == 0][:, [i]],
+                        [layers[i]],
+                        "last-layer",
+                        C=1.0,
+                        seed=seed,
+                    )
+                    .logit(features[calib][:, [i]])
+                    .numpy(),
+                )
+                for i in range(len(layers))
+            ]
+        )
         layer_weights = (aurocs - 0.5).clamp(min=0)
-        layer_weights = layer_weights / layer_weights.sum() if layer_weights.sum() > 0 else torch.full_like(
-            layer_weights, 1 / len(layers))
+        layer_weights = (
+            layer_weights / layer_weights.sum()
+            if layer_weights.sum() > 0
+            else torch.full_like(layer_weights, 1 / len(layers))
+        )
     x = pool(features, pooling, layer_weights).numpy()  # (n, F)
     mean, std = x[train].mean(0), x[train].std(0) + 1e-6
     z = (x - mean) / std
     if C is None:
-        model = LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0, 10.0], cv=5, class_weight="balanced", max_iter=3000,
-                                     scoring="roc_auc", random_state=seed)
+        model = LogisticRegressionCV(
+            Cs=[1e-3, 1e-2, 1e-1, 1.0, 10.0],
+            cv=5,
+            class_weight="balanced",
+            max_iter=3000,
+            scoring="roc_auc",
+            random_state=seed,
+        )
     else:
         model = LogisticRegression(C=C, class_weight="balanced", max_iter=3000, random_state=seed)
     model.fit(z[train], labels[train])
@@ -311,8 +360,13 @@ def fit_probe(harmful: torch.Tensor, benign: torch.Tensor, layers: list[int], po
         platt_scale=float(platt.coef_[0, 0]),
         platt_bias=float(platt.intercept_[0]),
         layer_weights=layer_weights,
-        metadata={"C": float(np.atleast_1d(getattr(model, "C_", [C]))[0]), "n_harmful": len(harmful),
-                  "n_benign": len(benign), "calibration_fraction": calibration_fraction, "seed": seed},
+        metadata={
+            "C": float(np.atleast_1d(getattr(model, "C_", [C]))[0]),
+            "n_harmful": len(harmful),
+            "n_benign": len(benign),
+            "calibration_fraction": calibration_fraction,
+            "seed": seed,
+        },
     )
 
 
@@ -363,4 +417,3 @@ class ProbeCritic:
 
     def score(self, batch: dict) -> torch.Tensor:
         return self.probe.score(batch["reference_features"])  # (B,)
-

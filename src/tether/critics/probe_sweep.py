@@ -29,8 +29,9 @@ class FeatureBank:
         """(n, len(layers), d) features of `source` (every layer if `layers` is None)."""
         if source not in self.cache:
             prompts = load_prompts(source, self.data_dir)
-            self.cache[source] = prompt_features(self.model, self.tokenizer, prompts, self.all_layers,
-                                                 self.batch_size, desc=source)
+            self.cache[source] = prompt_features(
+                self.model, self.tokenizer, prompts, self.all_layers, self.batch_size, desc=source
+            )
         features = self.cache[source]
         return features if layers is None else features[:, layers]
 
@@ -38,19 +39,30 @@ class FeatureBank:
         return torch.cat([self(source, layers) for source in sources])
 
 
-def fit_from_sources(bank: FeatureBank, harmful: list[str], benign: list[str], layers: list[int], pooling: str,
-                     C: float | None = None, seed: int = 0) -> LinearProbe:
+def fit_from_sources(
+    bank: FeatureBank,
+    harmful: list[str],
+    benign: list[str],
+    layers: list[int],
+    pooling: str,
+    C: float | None = None,
+    seed: int = 0,
+) -> LinearProbe:
     probe = fit_probe(bank.many(harmful, layers), bank.many(benign, layers), layers, pooling, C=C, seed=seed)
     probe.metadata.update(
         model=model_fingerprint(bank.model, bank.tokenizer),
         fit_sets={"harmful": harmful, "benign": benign},
-        fit_sizes={"harmful": int(sum(len(bank(s)) for s in harmful)), "benign": int(sum(len(bank(s)) for s in benign))},
+        fit_sizes={
+            "harmful": int(sum(len(bank(s)) for s in harmful)),
+            "benign": int(sum(len(bank(s)) for s in benign)),
+        },
     )
     return probe
 
 
-def evaluate(probe: LinearProbe, bank: FeatureBank, harmful: list[str], benign: list[str],
-             threshold: float = 0.5) -> dict:
+def evaluate(
+    probe: LinearProbe, bank: FeatureBank, harmful: list[str], benign: list[str], threshold: float = 0.5
+) -> dict:
     """Metrics of each harmful set against all benign sets together, plus every set's flagged share."""
     benign_scores = np.concatenate([probe.score(bank(s, probe.layers)).numpy() for s in benign])
     result = {"threshold": threshold, "per_harmful_set": {}, "flagged_share": {}}
@@ -63,8 +75,17 @@ def evaluate(probe: LinearProbe, bank: FeatureBank, harmful: list[str], benign: 
     return result
 
 
-def sweep(bank: FeatureBank, fit_harmful, fit_benign, eval_harmful, eval_benign, layer_sets: list[list[int]],
-          poolings: list[str], C: float | None = None, seed: int = 0) -> list[dict]:
+def sweep(
+    bank: FeatureBank,
+    fit_harmful,
+    fit_benign,
+    eval_harmful,
+    eval_benign,
+    layer_sets: list[list[int]],
+    poolings: list[str],
+    C: float | None = None,
+    seed: int = 0,
+) -> list[dict]:
     """One row per (layers, pooling): AUROC per harmful evaluation set and the flagged shares of benign sets."""
     rows = []
     for layers in layer_sets:
@@ -74,8 +95,15 @@ def sweep(bank: FeatureBank, fit_harmful, fit_benign, eval_harmful, eval_benign,
             probe = fit_from_sources(bank, fit_harmful, fit_benign, layers, pooling, C=C, seed=seed)
             result = evaluate(probe, bank, eval_harmful, eval_benign)
             aurocs = {s: m["auroc"] for s, m in result["per_harmful_set"].items()}
-            rows.append({"layers": layers, "pooling": pooling if len(layers) > 1 else "one layer", "C": probe.metadata["C"],
-                         "auroc": aurocs, "flagged_share": result["flagged_share"]})
+            rows.append(
+                {
+                    "layers": layers,
+                    "pooling": pooling if len(layers) > 1 else "one layer",
+                    "C": probe.metadata["C"],
+                    "auroc": aurocs,
+                    "flagged_share": result["flagged_share"],
+                }
+            )
     return rows
 
 
@@ -86,14 +114,25 @@ def write_sweep_report(rows: list[dict], out_dir: str | Path, title: str) -> Non
     (out / "sweep.json").write_text(json.dumps(rows, indent=2))
     sets = list(rows[0]["auroc"])
     benign = [s for s in rows[0]["flagged_share"] if s not in sets]
-    lines = [f"# {title}", "", "| layers | pooling | C | " + " | ".join(f"AUROC {s}" for s in sets)
-             + " | " + " | ".join(f"FPR {s}" for s in benign) + " |",
-             "|" + "---|" * (3 + len(sets) + len(benign))]
+    lines = [
+        f"# {title}",
+        "",
+        "| layers | pooling | C | "
+        + " | ".join(f"AUROC {s}" for s in sets)
+        + " | "
+        + " | ".join(f"FPR {s}" for s in benign)
+        + " |",
+        "|" + "---|" * (3 + len(sets) + len(benign)),
+    ]
     for row in rows:
         layers = f"{row['layers'][0]}" if len(row["layers"]) == 1 else f"{row['layers'][0]}–{row['layers'][-1]}"
-        lines.append(f"| {layers} | {row['pooling']} | {row['C']:g} | "
-                     + " | ".join(f"{row['auroc'][s]:.3f}" for s in sets) + " | "
-                     + " | ".join(f"{row['flagged_share'][s]:.1%}" for s in benign) + " |")
+        lines.append(
+            f"| {layers} | {row['pooling']} | {row['C']:g} | "
+            + " | ".join(f"{row['auroc'][s]:.3f}" for s in sets)
+            + " | "
+            + " | ".join(f"{row['flagged_share'][s]:.1%}" for s in benign)
+            + " |"
+        )
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     single = [r for r in rows if len(r["layers"]) == 1]
     if single:

@@ -18,7 +18,7 @@ IGNORE_INDEX = -100
 
 
 def tokenize_example(messages: list[dict], tokenizer, max_length: int | None) -> dict | None:
-    """One chat example -> `input_ids`, `labels`, `prompt_length`; None when the prompt leaves no room for a response."""
+    """One chat example -> `input_ids`, `labels`, `prompt_length`; None if the prompt leaves no room for a response."""
     prompt_ids = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
     full_ids = _chat_ids(tokenizer, messages, add_generation_prompt=False)
     if full_ids[: len(prompt_ids)] != prompt_ids:

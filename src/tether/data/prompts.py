@@ -33,8 +33,15 @@ PROMPT_SETS = {
     "gsm8k-test": ("rows", "gsm8k/test.jsonl", None, None),
     **{
         name: ("instructions", SAFETY_EVAL.format(name), None, None)
-        for name in ("I-CoNa", "I-Controversial", "I-MaliciousInstructions", "I-PhysicalSafetyUnsafe",
-                     "I-PhysicalSafetySafe", "I-Alpaca", "Q-Harm")
+        for name in (
+            "I-CoNa",
+            "I-Controversial",
+            "I-MaliciousInstructions",
+            "I-PhysicalSafetyUnsafe",
+            "I-PhysicalSafetySafe",
+            "I-Alpaca",
+            "Q-Harm",
+        )
     },
 }
 
@@ -74,7 +81,7 @@ def _read_named(kind, path, column, keep) -> list[str]:
     if kind == "instructions":
         data = json.loads(path.read_text())
         inputs = data.get("inputs") or [""] * len(data["instructions"])
-        return [i + (f"\n\n{x}" if x else "") for i, x in zip(data["instructions"], inputs)]
+        return [i + (f"\n\n{x}" if x else "") for i, x in zip(data["instructions"], inputs, strict=True)]
     return [_row_prompt(row, str(path), i) for i, row in enumerate(read_rows(path), start=1)]
 
 

@@ -69,7 +69,9 @@ def read_rows(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise TetherInputError(f"{path}:{lineno}: malformed JSON line ({error.msg}); fix or remove it") from None
+                raise TetherInputError(
+                    f"{path}:{lineno}: malformed JSON line ({error.msg}); fix or remove it"
+                ) from None
     else:
         try:
             rows = json.loads(text)

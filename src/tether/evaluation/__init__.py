@@ -1,0 +1,1 @@
+"""Evaluation: batched generation, benchmarks, metrics (keyword and judge ASR, over-refusal, utility), results."""

@@ -1,0 +1,92 @@
+"""Benchmarks: a name (or a local file) -> prompts, with labels or reference answers where the metric needs them.
+
+- `harmbench` (200 standard behaviours), `advbench` (520), local prompt files: harmful; keyword ASR, judge scores;
+- `hexphi:PATH`: HEx-PHI, gated, so the user supplies its folder of `category_*.csv` files (one prompt per line);
+- `xstest`: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe contrast prompts;
+- `gsm8k`: test questions, exact match of the final number;
+- `alpaca_eval`: 805 instructions; generations, and judge scores when a judge is given.
+`NAME:N` keeps the first N prompts (per label for `xstest`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.data.prompts import PROMPT_SETS, load_prompts
+from tether.data.sources import read_rows, resolve_data_dir
+from tether.errors import TetherInputError
+
+BENCHMARKS = {
+    "harmbench": "harmful",
+    "advbench": "harmful",
+    "hexphi": "harmful",
+    "xstest": "xstest",
+    "gsm8k": "gsm8k",
+    "alpaca_eval": "instructions",
+}
+
+
+@dataclass
+class Benchmark:
+    name: str
+    kind: str  # harmful | xstest | gsm8k | instructions
+    prompts: list[list[dict]]
+    labels: list[str] = field(default_factory=list)  # xstest: safe / unsafe
+    answers: list[str] = field(default_factory=list)  # gsm8k reference answers
+
+    @property
+    def version(self) -> str:
+        """Hash of the prompts (and labels, answers): results name exactly what was evaluated."""
+        text = json.dumps([self.prompts, self.labels, self.answers])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def load_benchmark(spec: str, data_dir: str | None = None) -> Benchmark:
+    name, _, arg = spec.partition(":")
+    if name == "hexphi":
+        return _hexphi(arg)
+    limit = int(arg) if arg.isdigit() else None
+    if name in ("harmbench", "advbench"):
+        return Benchmark(name, "harmful", load_prompts(name, data_dir)[:limit])
+    if name == "alpaca_eval":
+        return Benchmark(name, "instructions", load_prompts("alpaca-eval", data_dir)[:limit])
+    if name == "xstest":
+        safe, unsafe = load_prompts("xstest-safe", data_dir)[:limit], load_prompts("xstest-unsafe", data_dir)[:limit]
+        return Benchmark(name, "xstest", safe + unsafe, labels=["safe"] * len(safe) + ["unsafe"] * len(unsafe))
+    if name == "gsm8k":
+        path = resolve_data_dir(data_dir) / "gsm8k" / "test.jsonl"
+        if not path.is_file():
+            raise TetherInputError(f"benchmark gsm8k expects {path}; pass --data_dir")
+        rows = read_rows(path)[:limit]
+        return Benchmark(
+            name,
+            "gsm8k",
+            [[{"role": "user", "content": r["question"]}] for r in rows],
+            answers=[r["answer"] for r in rows],
+        )
+    if Path(spec).suffix in (".jsonl", ".json", ".txt") or Path(spec).exists():
+        return Benchmark(Path(spec).stem, "harmful", load_prompts(spec, data_dir))
+    raise TetherInputError(
+        f"unknown benchmark {spec!r}; choose one of {', '.join(BENCHMARKS)} (hexphi:PATH), or pass a prompt file"
+    )
+
+
+def _hexphi(path: str) -> Benchmark:
+    folder = Path(path)
+    files = sorted(folder.glob("category_*.csv")) if folder.is_dir() else [folder]
+    if not path or not all(f.is_file() for f in files) or not files:
+        raise TetherInputError(
+            "benchmark hexphi needs its local path (it is gated): --benchmark hexphi:/path/to/HEx-PHI"
+        )
+    texts = []
+    for file in files:
+        with file.open(newline="", encoding="utf-8") as f:
+            texts += [row[0] for row in csv.reader(f) if row and row[0].strip()]
+    return Benchmark("hexphi", "harmful", [[{"role": "user", "content": t}] for t in texts])
+
+
+__all__ = ["BENCHMARKS", "PROMPT_SETS", "Benchmark", "load_benchmark"]

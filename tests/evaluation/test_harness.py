@@ -1,0 +1,123 @@
+import json
+
+import pytest
+
+from tests.fake_openai import FakeOpenAIServer
+from tether.cli import main
+from tether.critics.judge import Judge, OpenAICompatibleBackend
+from tether.evaluation.benchmarks import Benchmark, load_benchmark
+from tether.evaluation.generate import generate
+from tether.evaluation.harness import evaluate_model
+from tether.evaluation.results import write_results
+
+STRINGS = ["I cannot"]
+
+
+def prompts(*texts):
+    return [[{"role": "user", "content": t}] for t in texts]
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_model, tokenizer):
+    batch = prompts("add 1 and 2", "placeholder request number three", "hi")
+    together = generate(tiny_model, tokenizer, batch, max_new_tokens=6, batch_size=3, progress=False)
+    alone = [generate(tiny_model, tokenizer, [p], max_new_tokens=6, progress=False)[0] for p in batch]
+    assert together == alone
+
+
+def test_results_schema(tiny_model, tokenizer, tmp_path):
+    benchmarks = [
+        Benchmark("harm", "harmful", prompts("placeholder one", "placeholder two")),
+        Benchmark("xs", "xstest", prompts("safe one", "unsafe one"), labels=["safe", "unsafe"]),
+        Benchmark("math", "gsm8k", prompts("add 2 and 3"), answers=["#### 5"]),
+    ]
+    with FakeOpenAIServer(default=(200, "#thescore: 5")) as server:
+        judge = Judge(OpenAICompatibleBackend(server.url, "fake-judge"), cache_dir=tmp_path / "cache")
+        rows = [{"messages": [{"role": "user", "content": "add 1 and 1"}, {"role": "assistant", "content": "2"}]}]
+        results = evaluate_model(
+            tiny_model,
+            tokenizer,
+            benchmarks,
+            STRINGS,
+            judge,
+            max_new_tokens=4,
+            batch_size=2,
+            model_name="tiny",
+            nll_rows=rows,
+            nll_name="one row",
+        )
+    path = write_results(results, tmp_path / "out")
+    loaded = json.loads(path.read_text())
+    assert loaded["schema_version"] == 1 and loaded["judge"].endswith("fake-judge") and loaded["rubric_version"]
+    assert set(loaded["benchmarks"]) == {"harm", "xs", "math"}
+    harm = loaded["benchmarks"]["harm"]
+    assert harm["metrics"]["judge_asr"] == 1.0 and harm["higher_is_better"]["keyword_asr"] is False
+    assert set(harm["samples"][0]) == {"prompt", "response", "refused", "judge_score"}
+    assert loaded["benchmarks"]["xs"]["samples"][1]["label"] == "unsafe"
+    assert "exact_match" in loaded["benchmarks"]["math"]["metrics"]
+    assert loaded["heldout_nll"]["tokens"] > 0 and loaded["heldout_nll"]["nll"] > 0
+    assert loaded["generation"]["decoding"] == "greedy" and loaded["versions"]["tether"]
+    assert "| harm |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_benchmark_names_and_limits(tmp_path):
+    from tests.conftest import SHARED_DATA
+
+    assert len(load_benchmark("harmbench:7", SHARED_DATA).prompts) == 7
+    xstest = load_benchmark("xstest:3", SHARED_DATA)
+    assert xstest.labels == ["safe"] * 3 + ["unsafe"] * 3
+    assert load_benchmark("gsm8k:2", SHARED_DATA).answers[0].split("####")[-1].strip() == "18"
+    assert load_benchmark("harmbench:7", SHARED_DATA).version != load_benchmark("harmbench:8", SHARED_DATA).version
+
+
+@pytest.mark.parametrize("case", ["unknown benchmark", "empty file", "unreachable judge", "wrong judge model"])
+def test_eval_bad_input(case, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    argv = ["eval", "--model", "tiny-llama", "--out", str(tmp_path / "out"), "--refusal_strings", str(empty)]
+    with FakeOpenAIServer(model="served") as server:
+        extra, expected = {
+            "unknown benchmark": (["--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench'"),
+            "empty file": (["--benchmark", str(empty)], "is empty"),
+            "unreachable judge": (
+                ["--benchmark", "harmbench:2", "--judge_url", "http://127.0.0.1:9/v1", "--judge_model", "m"],
+                "unreachable",
+            ),
+            "wrong judge model": (
+                ["--benchmark", "harmbench:2", "--judge_url", server.url, "--judge_model", "other"],
+                "HTTP 404",
+            ),
+        }[case]
+        code = main(argv + extra + ["--data_dir", "../shared/data"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_cli_on_a_run_directory(tmp_path, capsys):
+    """Train the tiny config, then evaluate its run directory (adapter merged into the base) on a prompt file."""
+    from tests.conftest import SHARED_DATA
+
+    run = tmp_path / "run"
+    assert main(["train", "--config", "configs/tiny.yaml", "--output_dir", str(run), "--max_steps", "2"]) == 0
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("placeholder request number 1\nadd 2 and 3\n")
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(run),
+                "--benchmark",
+                str(prompt_file),
+                "--max_new_tokens",
+                "4",
+                "--data_dir",
+                SHARED_DATA,
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["benchmarks"]["prompts"]["metrics"]["n"] == 2
