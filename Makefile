@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test test-slow venv style
+.PHONY: demo test test-server venv style
 
 venv: $(VENV)/.installed
 
@@ -21,7 +21,12 @@ demo: venv
 	$(BIN)/tether train --config configs/demo.yaml --output_dir $(RUN)
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not server"
+
+# The judge backend against a real llama.cpp server; llama-cpp-python compiles for about 13 minutes.
+test-server: venv
+	$(BIN)/pip install -q "llama-cpp-python[server]"
+	$(BIN)/python -m pytest -q -m server
 
 style: venv
 	$(BIN)/pip install -q ruff && $(BIN)/ruff format src tests && $(BIN)/ruff check src tests

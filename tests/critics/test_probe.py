@@ -158,6 +158,29 @@ def test_cli_fit_eval_score(tmp_path, capsys):
     assert (probe_dir / "probe.safetensors").is_file()
     assert main(["probe", "eval", "--probe", str(probe_dir), "--harmful", str(harmful), "--benign", str(benign)]) == 0
     assert "AUROC" in capsys.readouterr().out
+    sweep_dir = tmp_path / "sweep"
+    assert (
+        main(
+            [
+                "probe",
+                "eval",
+                "--probe",
+                str(probe_dir),
+                "--harmful",
+                str(harmful),
+                "--benign",
+                str(benign),
+                "--sweep",
+                "--out",
+                str(sweep_dir),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((sweep_dir / "sweep.json").read_text())
+    # 3 one-layer probes (0 = embeddings, 1, 2) + the window 0–2 under mean, max, concat, weighted.
+    assert len(rows) == 3 + 4 and (sweep_dir / "sweep.png").is_file()
+    assert "| 0–2 | concat |" in (sweep_dir / "sweep.md").read_text()
     out = tmp_path / "risk.jsonl"
     assert main(["probe", "score", "--probe", str(probe_dir), "--data", "tiny-synthetic", "--out", str(out)]) == 0
     risks = [json.loads(line)["risk"] for line in out.read_text().splitlines()]

@@ -90,8 +90,8 @@ def sweep(
     rows = []
     for layers in layer_sets:
         for pooling in poolings:
-            if len(layers) == 1 and pooling not in ("last-layer",):
-                continue  # every pooling is the same on one layer
+            if (len(layers) == 1) != (pooling == "last-layer"):
+                continue  # one layer: every pooling is the same; several: last-layer is a one-layer probe
             probe = fit_from_sources(bank, fit_harmful, fit_benign, layers, pooling, C=C, seed=seed)
             result = evaluate(probe, bank, eval_harmful, eval_benign)
             aurocs = {s: m["auroc"] for s, m in result["per_harmful_set"].items()}
