@@ -51,7 +51,7 @@ def main():
         "seconds_per_prompt_batched": per_prompt_batched,
         "seconds_per_prompt_sequential": per_prompt_sequential,
         "speedup": per_prompt_sequential / per_prompt_batched,
-        "identical_outputs": sum(a == b for a, b in zip(batched, sequential)) / args.sequential_n,
+        "identical_outputs": sum(a == b for a, b in zip(batched, sequential, strict=False)) / args.sequential_n,
     }
     print(json.dumps(result, indent=2))
     if args.out:
