@@ -114,4 +114,4 @@ def test_existing_output_dir_is_refused(tmp_path, capsys):
 def test_label_critic_without_risk_column(tmp_path, capsys):
     data = write(tmp_path / "d.jsonl", '{"prompt": "p", "completion": "c"}\n')
     code, err = run_cli(["--dataset", data, "--critic", "label", "--output_dir", str(tmp_path / "run")], capsys)
-    assert code == 2 and "critic 'label' reads a 'risk' column" in err
+    assert code == 2 and "critic 'label' reads a 'risk' column that 1 of 1 examples" in err

@@ -121,3 +121,11 @@ def test_reference_cannot_be_the_policy(tiny_model, tokenizer, rows, tmp_path):
 def test_beta_min_above_beta_max_is_refused(tmp_path):
     with pytest.raises(TetherInputError, match="beta_min"):
         make_config(tmp_path, beta_min=0.8, beta_max=0.2)
+
+
+def test_label_critic_refuses_unlabelled_examples(tiny_model, tokenizer, rows, tmp_path):
+    """An example without a risk label is an error, not silently risk 0."""
+    unlabelled = [{"messages": rows[0]["messages"]}, rows[1]]
+    trainer = make_trainer(tiny_model, tokenizer, unlabelled, make_config(tmp_path, critic="label"))
+    with pytest.raises(TetherInputError, match="1 example"):
+        trainer.compute_loss(trainer.model, one_batch(trainer, n=2))

@@ -45,10 +45,11 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
     if final_dir.exists() and any(final_dir.iterdir()):
         raise TetherInputError(f"output_dir {final_dir} already exists and is not empty; pass another --output_dir")
     rows, summary = load_training_rows(data_args, config.seed)
-    if config.regularizer == "adaptive" and config.critic == "label" and not any("risk" in r for r in rows):
+    unlabelled = sum("risk" not in row for row in rows)
+    if config.regularizer == "adaptive" and config.critic == "label" and unlabelled:
         raise TetherInputError(
-            f"critic 'label' reads a {data_args.risk_column!r} column that dataset {data_args.dataset} does not have; "
-            "add the column, mix in --harmful_dataset, or choose another critic"
+            f"critic 'label' reads a {data_args.risk_column!r} column that {unlabelled} of {len(rows)} examples of "
+            f"dataset {data_args.dataset} lack; add the column, mix in --harmful_dataset, or choose another critic"
         )
     critic_records = None
     if config.regularizer == "adaptive" and config.critic == "judge":

@@ -284,7 +284,9 @@ class JudgeCritic:
         return [{**row, "risk": judged[p].risk} for row, p in zip(rows, pairs, strict=True)], records
 
     def score(self, batch: dict) -> torch.Tensor:
-        return batch["risk"].float()  # (B,)
+        from tether.critics.label import labelled_risk
+
+        return labelled_risk(batch, self.name)  # (B,), set by `prepare`
 
 
 def judge_from_config(config) -> Judge:

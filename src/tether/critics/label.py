@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import torch
 
+from tether.errors import TetherInputError
+
 
 class LabelCritic:
     name = "label"
     needs = frozenset({"risk"})
 
     def score(self, batch: dict) -> torch.Tensor:
-        return batch["risk"].float().clamp(0.0, 1.0)  # (B,)
+        return labelled_risk(batch, self.name)
+
+
+def labelled_risk(batch: dict, critic: str) -> torch.Tensor:
+    """The batch's `risk` column (B,), clamped to [0, 1]; an example without a label is an error, not risk 0."""
+    risk = batch["risk"].float()  # (B,)
+    missing = int(torch.isnan(risk).sum())
+    if missing:
+        raise TetherInputError(
+            f"critic {critic!r} reads each example's risk, but {missing} example(s) in this batch have none; "
+            "label every example or choose another critic"
+        )
+    return risk.clamp(0.0, 1.0)

@@ -2,7 +2,7 @@
 
 Each example becomes `input_ids`, `labels` (-100 on the prompt, the token ids on the response), `prompt_length`
 (the index of the first response token: the last prompt token, whose hidden state the probe reads, is
-`prompt_length - 1`) and `risk`. Responses are truncated to `max_length`; prompts never are.
+`prompt_length - 1`) and `risk` (NaN for an example without a risk label). Responses are truncated to `max_length`; prompts never are.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def tokenize_rows(rows: list[dict], tokenizer, max_length: int | None) -> tuple[
         if tokens is None:
             dropped += 1
             continue
-        records.append({**tokens, "risk": float(row.get("risk", 0.0))})
+        records.append({**tokens, "risk": float(row.get("risk", "nan"))})  # NaN: no risk label
     if not records:
         raise TetherInputError(f"every prompt is at least max_length={max_length} tokens long; raise max_length")
     return Dataset.from_list(records), dropped
@@ -76,6 +76,6 @@ class TetherCollator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "risk": torch.tensor([float(e.get("risk", 0.0)) for e in examples]),  # (B,)
+            "risk": torch.tensor([float(e.get("risk", "nan")) for e in examples]),  # (B,), NaN where unlabelled
             "prompt_length": torch.tensor([e["prompt_length"] for e in examples]),  # (B,)
         }
