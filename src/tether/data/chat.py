@@ -2,7 +2,8 @@
 
 Each example becomes `input_ids`, `labels` (-100 on the prompt, the token ids on the response), `prompt_length`
 (the index of the first response token: the last prompt token, whose hidden state the probe reads, is
-`prompt_length - 1`) and `risk` (NaN for an example without a risk label). Responses are truncated to `max_length`; prompts never are.
+`prompt_length - 1`) and `risk` (NaN for an example without a risk label). Responses are truncated to
+`max_length`; prompts never are.
 """
 
 from __future__ import annotations
