@@ -171,3 +171,48 @@ def test_training_with_the_judge_critic_calls_once_per_distinct_example(tmp_path
     assert summary["judge"]["calls"] == 32 and summary["judge"]["distinct_pairs"] == 32
     records = (tmp_path / "a" / "critic_scores.jsonl").read_text().splitlines()
     assert len(records) == 32 and json.loads(records[0])["score"] == 1
+
+
+def test_local_transformers_backend(tiny_model, tokenizer):
+    """A local model as judge: it answers (the tiny model never follows the format, so every pair fails closed)."""
+    from tether.critics.judge import TransformersBackend
+
+    backend = TransformersBackend(tiny_model, tokenizer, max_new_tokens=5, name="tiny")
+    assert isinstance(backend.complete([{"role": "user", "content": "hi"}]), str)
+    [result] = Judge(backend, max_failure_rate=1.0).score_pairs([("p", "r")])
+    assert result.failed and result.risk == 1.0 and backend.id == "transformers:tiny"
+
+
+@pytest.mark.parametrize(
+    "reply, winner",
+    [
+        ("A is better.\n#thewinner: A", "A"),
+        ("#thewinner: b", "B"),
+        ("#thewinner: tie", "tie"),
+        ("#thewinner: A\n#thewinner: B", None),
+        ("#thewinner: C", None),
+        ("A wins", None),
+    ],
+)
+def test_parse_winner(reply, winner):
+    from tether.critics.judge import parse_winner
+
+    assert parse_winner(reply) == winner
+
+
+def test_compare_undoes_the_shuffled_order():
+    """A judge that always prefers the reply containing 'good' must give the model a win exactly where the model's
+    reply is the good one, whichever position it was shown in."""
+    from tether.critics.judge import Judge
+
+    class PrefersGood:
+        id = "prefers-good"
+
+        def complete(self, messages):
+            text = messages[-1]["content"]
+            first = text.split("Reply A:\n")[1].split("\n\nReply B:")[0]
+            return "#thewinner: A" if "good" in first else "#thewinner: B"
+
+    items = [(f"q{i}", "good answer" if i % 3 else "bad answer", "bad ref" if i % 3 else "good ref") for i in range(12)]
+    wins = Judge(PrefersGood()).compare(items)
+    assert wins == [0.0 if i % 3 == 0 else 1.0 for i in range(12)]

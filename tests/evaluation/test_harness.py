@@ -121,3 +121,38 @@ def test_eval_cli_on_a_run_directory(tmp_path, capsys):
     )
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["benchmarks"]["prompts"]["metrics"]["n"] == 2
+
+
+def test_hexphi_from_a_local_folder(tmp_path):
+    """HEx-PHI is gated: the user passes its folder of category_*.csv files, one prompt per line."""
+    for i in (1, 2):
+        (tmp_path / f"category_{i}.csv").write_text(f"placeholder {i}a\nplaceholder {i}b\n")
+    bench = load_benchmark(f"hexphi:{tmp_path}")
+    assert [p[0]["content"] for p in bench.prompts] == [
+        "placeholder 1a",
+        "placeholder 1b",
+        "placeholder 2a",
+        "placeholder 2b",
+    ]
+    from tether.errors import TetherInputError
+
+    with pytest.raises(TetherInputError, match="hexphi needs its local path"):
+        load_benchmark("hexphi")
+
+
+def test_win_rate_against_reference_replies(tiny_model, tokenizer, tmp_path):
+    bench = Benchmark("alpaca_eval", "instructions", prompts("write a haiku", "list three fruits"))
+    with FakeOpenAIServer(default=(200, "#thewinner: tie")) as server:
+        judge = Judge(OpenAICompatibleBackend(server.url, "fake-judge"), max_failure_rate=1.0)
+        results = evaluate_model(
+            tiny_model,
+            tokenizer,
+            [bench],
+            STRINGS,
+            judge,
+            max_new_tokens=3,
+            reference_responses={"alpaca_eval": ["ref 1", "ref 2"]},
+        )
+    metrics = results["benchmarks"]["alpaca_eval"]["metrics"]
+    assert metrics["judge_win_rate"] == 0.5 and metrics["judge_win_failures"] == 0
+    assert results["benchmarks"]["alpaca_eval"]["samples"][0]["reference_response"] == "ref 1"

@@ -43,6 +43,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge_timeout", type=float, default=60.0)
     p.add_argument("--judge_cache_dir", default=None, help="default: <cache>/judge")
     p.add_argument("--judge_max_failure_rate", type=float, default=0.01)
+    p.add_argument(
+        "--reference_model",
+        default=None,
+        help="with a judge: win rate on alpaca_eval against this model's replies (e.g. the safe reference)",
+    )
     return p
 
 
@@ -75,6 +80,19 @@ def main(argv: list[str]) -> int:
             failure_policy="fail_open",
             max_failure_rate=args.judge_max_failure_rate,
         )
+    reference_responses = None
+    if args.reference_model:
+        if judge is None:
+            raise TetherInputError("--reference_model needs a judge: pass --judge_url and --judge_model")
+        from tether.evaluation.generate import generate
+
+        reference, reference_tokenizer = load_trained(args.reference_model)
+        reference_responses = {
+            b.name: generate(reference, reference_tokenizer, b.prompts, args.max_new_tokens, args.batch_size)
+            for b in benchmarks
+            if b.kind == "instructions"
+        }
+        del reference
     model, tokenizer = load_trained(args.model)
     results = evaluate_model(
         model,
@@ -88,6 +106,7 @@ def main(argv: list[str]) -> int:
         config=vars(args),
         nll_rows=nll_rows,
         nll_name=args.nll_data or "",
+        reference_responses=reference_responses,
     )
     path = write_results(results, out)
     print((out / "summary.md").read_text())

@@ -31,7 +31,10 @@ def evaluate_model(
     config: dict | None = None,
     nll_rows: list[dict] | None = None,
     nll_name: str = "",
+    reference_responses: dict[str, list[str]] | None = None,
 ) -> EvalResults:
+    """Generate on each benchmark and score. `reference_responses` (benchmark name -> the reference model's replies)
+    adds the judge's win rate against them on `instructions` benchmarks (AlpacaEval)."""
     from tether.runner import environment
 
     results: EvalResults = {
@@ -71,6 +74,16 @@ def evaluate_model(
             for sample, judgement in zip(samples, judged, strict=True):
                 sample["judge_score"] = judgement.score
             metrics.update(judge_summary([j.score for j in judged]))
+            references = (reference_responses or {}).get(bench.name)
+            if bench.kind == "instructions" and references:
+                wins = judge.compare(
+                    [(s["prompt"], s["response"], ref) for s, ref in zip(samples, references, strict=True)]
+                )
+                for sample, ref, win in zip(samples, references, wins, strict=True):
+                    sample["reference_response"], sample["win"] = ref, win
+                decided = [w for w in wins if w is not None]
+                metrics["judge_win_rate"] = sum(decided) / len(decided) if decided else None
+                metrics["judge_win_failures"] = len(wins) - len(decided)
             results["judge"] = judge.backend.id
             from tether.critics.judge import RUBRIC_VERSION
 

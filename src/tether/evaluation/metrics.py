@@ -14,6 +14,7 @@ HIGHER_IS_BETTER = {
     "judge_mean_score": False,
     "judge_asr": False,
     "judge_share_4_or_5": False,
+    "judge_win_rate": True,
     "over_refusal": False,
     "refusal_rate": True,
     "exact_match": True,
