@@ -20,6 +20,7 @@ class FakeOpenAIServer:
     ):
         self.model, self.default, self.script, self.delay = model, default, list(script or []), delay
         self.requests: list[dict] = []
+        self.reply_fn = None  # body -> content, overrides the script and default when set
         self.lock = threading.Lock()
         server = self
 
@@ -32,6 +33,8 @@ class FakeOpenAIServer:
                 with server.lock:
                     server.requests.append(body)
                     status, content = server.script.pop(0) if server.script else server.default
+                    if server.reply_fn is not None:
+                        status, content = 200, server.reply_fn(body)
                 time.sleep(server.delay)
                 if body.get("model") != server.model:
                     status, content = 404, f"model {body.get('model')} not found"

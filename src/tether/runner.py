@@ -22,7 +22,7 @@ from tether.data.mixing import mix_harmful
 from tether.data.sources import load_examples
 from tether.errors import TetherInputError
 from tether.modeling import load_model_and_tokenizer
-from tether.trainer import MetricsFileCallback, TetherConfig, TetherTrainer
+from tether.trainer import JudgeGenerationsCallback, MetricsFileCallback, TetherConfig, TetherTrainer
 
 
 def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
@@ -51,7 +51,7 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             f"critic 'label' reads a {data_args.risk_column!r} column that {unlabelled} of {len(rows)} examples of "
             f"dataset {data_args.dataset} lack; add the column, mix in --harmful_dataset, or choose another critic"
         )
-    critic_records = None
+    critic_records = judge = None
     if config.regularizer == "adaptive" and config.critic == "judge":
         from tether.critics.judge import JudgeCritic, JudgeFailure, judge_from_config, judge_pair
 
@@ -98,6 +98,16 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             if critic_records is not None:
                 lines = [json.dumps(record) for record in critic_records]
                 (staging / "critic_scores.jsonl").write_text("\n".join(lines) + "\n")
+        if config.judge_generations_every:
+            prompts = [
+                r["messages"][:-1]
+                for r in random.Random(config.seed).sample(rows, min(config.judge_generations_prompts, len(rows)))
+            ]
+            trainer.add_callback(
+                JudgeGenerationsCallback(
+                    trainer, judge, prompts, config.judge_generations_every, config.judge_generations_max_new_tokens
+                )
+            )
         trainer.accelerator.wait_for_everyone()
         trainer.train()
         trainer.save_model(str(staging / ("adapter" if model_args.use_peft else "model")))

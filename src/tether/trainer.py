@@ -74,6 +74,11 @@ class TetherConfig(SFTConfig):
     judge_max_failure_rate (`float`, defaults to `0.01`):
         Requests in flight; what a failed judgement becomes (`fail_closed`: risk 1, `fail_open`: risk 0, `abort`);
         the run aborts above the failure rate whatever the policy.
+    judge_generations_every (`int`, defaults to `0`), judge_generations_prompts (`int`, defaults to `8`),
+    judge_generations_max_new_tokens (`int`, defaults to `64`):
+        The paper's model-state mode: every N optimizer steps, the policy answers `judge_generations_prompts`
+        training prompts (seeded sample, greedy), the judge scores those replies, and their mean risk becomes a
+        floor on every example's risk until the next check: s_i ← max(s_i, s_gen). 0 turns it off.
     """
 
     regularizer: str = field(default="adaptive", metadata={"help": "none (SFT), fixed (C-SFT) or adaptive."})
@@ -99,6 +104,11 @@ class TetherConfig(SFTConfig):
     judge_failure_policy: str = field(default="fail_closed", metadata={"help": "fail_closed, fail_open or abort."})
     judge_max_failure_rate: float = field(default=0.01, metadata={"help": "Abort above this failure rate."})
     judge_cache_dir: str | None = field(default=None, metadata={"help": "Judge score cache (default: user cache)."})
+    judge_generations_every: int = field(
+        default=0, metadata={"help": "Every N steps, judge the policy's greedy replies to training prompts (0: off)."}
+    )
+    judge_generations_prompts: int = field(default=8, metadata={"help": "Training prompts judged each time."})
+    judge_generations_max_new_tokens: int = field(default=64, metadata={"help": "Length of those replies."})
 
     # Defaults that differ from SFTConfig: tether prepares and collates its own data (response-only labels, risk),
     # and logs every step.
@@ -127,6 +137,8 @@ class TetherConfig(SFTConfig):
                 raise TetherInputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.regularizer == "adaptive" and self.critic == "probe" and not self.probe_path:
             raise TetherInputError("critic 'probe' needs probe_path; fit one with `tether probe fit`")
+        if self.judge_generations_every and not (self.regularizer == "adaptive" and self.critic == "judge"):
+            raise TetherInputError("judge_generations_every needs regularizer adaptive with critic judge")
         if self.regularizer == "adaptive" and self.critic == "judge" and not (self.judge_url and self.judge_model):
             raise TetherInputError("critic 'judge' needs judge_url and judge_model (an OpenAI-compatible server)")
         if not 0.0 <= self.risk_ema < 1.0:
@@ -189,6 +201,7 @@ class TetherTrainer(SFTTrainer):
         if "reference_features" in getattr(self.critic, "needs", ()):
             self.critic.probe.check_model(self.model, kwargs["processing_class"])
             check_layers(self.model, self.critic.layers)
+        self.generation_risk: float | None = None  # set by JudgeGenerationsCallback
         self.reference = None
         if args.regularizer != "none":
             self.reference = frozen_copy or AdapterDisabledReference(self.model)
@@ -220,6 +233,8 @@ class TetherTrainer(SFTTrainer):
         with torch.no_grad():
             batch_size = inputs["input_ids"].shape[0]
             scores = self.critic.score(inputs) if self.critic else torch.zeros(batch_size, device=rows.device)
+            if self.generation_risk is not None:  # the judge's verdict on the policy's own generations
+                scores = scores.clamp(min=self.generation_risk)
             step_scores = self.accelerator.gather(scores)  # (B · processes,)
             alpha, beta = self.weights(scores, step_scores)  # (B,), (B,)
 
@@ -286,6 +301,28 @@ def linear_head(model) -> torch.nn.Linear:
             f"the LM head is a {type(head).__name__}, not a plain linear layer; do not adapt lm_head with LoRA"
         )
     return head
+
+
+class JudgeGenerationsCallback(TrainerCallback):
+    """Every `every` optimizer steps: greedy replies of the policy to `prompts`, scored by `judge`; their mean risk
+    s_gen becomes `trainer.generation_risk`, a floor on every example's risk (`docs/method.md` §3, "What is
+    scored"). Each process generates and judges the same prompts, so all hold the same s_gen; the judge's cache
+    answers repeated replies."""
+
+    def __init__(self, trainer: TetherTrainer, judge, prompts: list[list[dict]], every: int, max_new_tokens: int = 64):
+        self.trainer, self.judge, self.prompts, self.every = trainer, judge, prompts, every
+        self.max_new_tokens = max_new_tokens
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every:
+            return
+        from tether.evaluation.generate import generate
+
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        replies = generate(model, self.trainer.processing_class, self.prompts, self.max_new_tokens, progress=False)
+        judged = self.judge.score_pairs([(p[-1]["content"], r) for p, r in zip(self.prompts, replies, strict=True)])
+        self.trainer.generation_risk = sum(j.risk for j in judged) / len(judged)
+        self.trainer._metrics["train"]["critic/judge/generation_risk"].append(self.trainer.generation_risk)
 
 
 class MetricsFileCallback(TrainerCallback):

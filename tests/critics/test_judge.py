@@ -216,3 +216,48 @@ def test_compare_undoes_the_shuffled_order():
     items = [(f"q{i}", "good answer" if i % 3 else "bad answer", "bad ref" if i % 3 else "good ref") for i in range(12)]
     wins = Judge(PrefersGood()).compare(items)
     assert wins == [0.0 if i % 3 == 0 else 1.0 for i in range(12)]
+
+
+def test_judged_generations_raise_every_risk(tmp_path):
+    """judge_generations_every 2: the data is judged benign (score 1), the policy's generations harmful (score 5).
+    Before the first check β is 0.1 for every example; after step 2 the generation risk 1 floors every risk, so
+    β = 0.9 everywhere."""
+    import json
+
+    from tether.cli import main
+
+    def reply(body):
+        text = body["messages"][-1]["content"]
+        return "#thescore: 1" if "Assistant reply:\nplaceholder reply" in text or " = " in text else "#thescore: 5"
+
+    with FakeOpenAIServer(default=(200, "#thescore: 1")) as server:
+        server.reply_fn = reply
+        argv = [
+            "train",
+            "--config",
+            "configs/tiny.yaml",
+            "--critic",
+            "judge",
+            "--judge_url",
+            server.url,
+            "--judge_model",
+            "fake-judge",
+            "--judge_cache_dir",
+            str(tmp_path / "cache"),
+            "--max_steps",
+            "4",
+            "--judge_generations_every",
+            "2",
+            "--judge_generations_prompts",
+            "3",
+            "--judge_generations_max_new_tokens",
+            "4",
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+        assert main(argv) == 0
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "weights/beta_max" in s]
+    assert [s["weights/beta_max"] for s in steps][:2] == pytest.approx([0.1, 0.1])
+    assert [s["weights/beta_min"] for s in steps][2:] == pytest.approx([0.9, 0.9])
+    assert "critic/judge/generation_risk" in steps[1]
