@@ -219,11 +219,14 @@ class TetherTrainer(SFTTrainer):
         ref_hidden = ref_head = None
         if self.reference is not None:
             batch_rows = torch.arange(inputs["input_ids"].shape[0], device=rows.device)
-            last_prompt = inputs["prompt_length"] - 1  # (B,): causal, so this state depends on the prompt only
+            if getattr(self.critic, "position", "prompt") == "response":
+                probe_at = inputs["attention_mask"].sum(1) - 1  # (B,) the last response token (right padding)
+            else:
+                probe_at = inputs["prompt_length"] - 1  # (B,): causal, so this state depends on the prompt only
             with (
                 self.reference.active() as ref_model,
                 capture_head_inputs(ref_model, rows, cols) as reference,
-                capture_layer_states(ref_model, probe_layers or [], batch_rows, last_prompt) as layer_states,
+                capture_layer_states(ref_model, probe_layers or [], batch_rows, probe_at) as layer_states,
             ):
                 ref_model(**forward_inputs, use_cache=False)
             ref_hidden, ref_head = reference["hidden"], linear_head(ref_model)  # (N, d)

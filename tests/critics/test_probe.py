@@ -204,3 +204,72 @@ def test_cli_fit_eval_score(tmp_path, capsys):
     )
     assert code == 2 and "out of range" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_response_position_in_training_equals_response_features(tiny_model, tokenizer, rows, tmp_path):
+    """`position: response`: the risk read at each example's last response token in the reference pass equals
+    scoring `response_features` of the same rows (prompt + response) one batch apart."""
+    from tether.critics.probe import response_features
+
+    flagged, benign = rows[-8:], rows[:24]
+    probe = fit_probe(
+        response_features(tiny_model, tokenizer, flagged, LAYERS),
+        response_features(tiny_model, tokenizer, benign, LAYERS),
+        LAYERS,
+        "mean",
+        C=1.0,
+    )
+    probe.position = "response"
+    probe.metadata["model"] = model_fingerprint(tiny_model, tokenizer)
+    probe.save(tmp_path / "probe")
+    assert LinearProbe.load(tmp_path / "probe").position == "response"
+    batch_rows = [rows[0], rows[-1], rows[7], rows[-4]]
+    expected = probe.score(response_features(tiny_model, tokenizer, batch_rows, LAYERS))
+    config = make_config(tmp_path, regularizer="adaptive", critic="probe", probe_path=str(tmp_path / "probe"))
+    trainer = make_trainer(tiny_model, tokenizer, batch_rows, config)
+    seen = []
+    score = trainer.critic.score
+    trainer.critic.score = lambda batch: seen.append(score(batch)) or seen[-1]
+    trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    torch.testing.assert_close(seen[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_fit_response_position(tmp_path):
+    harmful = tmp_path / "harmful.jsonl"
+    benign = tmp_path / "benign.jsonl"
+    harmful.write_text(
+        "\n".join(json.dumps({"prompt": f"question {i}", "completion": f"placeholder reply {i}"}) for i in range(12))
+    )
+    benign.write_text(
+        "\n".join(json.dumps({"prompt": f"question {i}", "completion": f"{i} + 1 = {i + 1}"}) for i in range(12))
+    )
+    probe_dir = tmp_path / "probe"
+    assert (
+        main(
+            [
+                "probe",
+                "fit",
+                "--model",
+                "tiny-llama",
+                "--position",
+                "response",
+                "--harmful",
+                str(harmful),
+                "--benign",
+                str(benign),
+                "--layers",
+                "2",
+                "--pooling",
+                "last-layer",
+                "--C",
+                "1.0",
+                "--out",
+                str(probe_dir),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((probe_dir / "probe.json").read_text())["position"] == "response"
+    out = tmp_path / "risk.jsonl"
+    assert main(["probe", "score", "--probe", str(probe_dir), "--data", str(harmful), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 12

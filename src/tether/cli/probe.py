@@ -37,6 +37,13 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--pooling", default="mean", help="last-layer, mean, max, weighted or concat")
     fit.add_argument("--C", type=float, default=None, help="inverse L2 strength (default: 5-fold CV)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--position",
+        default="prompt",
+        choices=["prompt", "response"],
+        help="prompt: last prompt token, sources are prompt sets; response: last response token, "
+        "sources are chat data with responses",
+    )
     fit.add_argument("--out", required=True, help="probe directory to create")
 
     evaluate = verbs.add_parser("eval", parents=[common], help="AUROC and recall at low FPR on named sets")
@@ -72,7 +79,8 @@ def main(argv: list[str]) -> int:
     model, tokenizer = load_model_and_tokenizer(model_name)
     if probe is not None:
         probe.check_model(model, tokenizer)
-    bank = FeatureBank(model, tokenizer, args.data_dir, args.batch_size)
+    position = args.position if args.verb == "fit" else probe.position
+    bank = FeatureBank(model, tokenizer, args.data_dir, args.batch_size, position)
 
     if args.verb == "fit":
         from tether.critics.probe import check_layers
@@ -120,17 +128,24 @@ def main(argv: list[str]) -> int:
     # score
     from tether.critics.probe_sweep import prompts_of
 
-    prompts = prompts_of(args.data, args.data_dir)
-    from tether.critics.probe import prompt_features
+    if probe.position == "response":
+        from tether.critics.probe_sweep import load_chat_rows
 
-    risks = probe.score(prompt_features(model, tokenizer, prompts, probe.layers, args.batch_size)).tolist()
+        rows = load_chat_rows(args.data, args.data_dir)
+        prompts = [row["messages"] for row in rows]
+        risks = probe.score(bank(args.data, probe.layers)).tolist()
+    else:
+        prompts = prompts_of(args.data, args.data_dir)
+        from tether.critics.probe import prompt_features
+
+        risks = probe.score(prompt_features(model, tokenizer, prompts, probe.layers, args.batch_size)).tolist()
     out = Path(args.out)
     staging = out.with_name(out.name + ".incomplete")
     with staging.open("w") as f:
         for i, (prompt, risk) in enumerate(zip(prompts, risks, strict=True)):
             f.write(
                 json.dumps(
-                    {"index": i, "risk": risk, "flagged": risk >= args.threshold, "prompt": prompt[-1]["content"][:200]}
+                    {"index": i, "risk": risk, "flagged": risk >= args.threshold, "text": prompt[-1]["content"][:200]}
                 )
                 + "\n"
             )

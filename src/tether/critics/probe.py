@@ -29,6 +29,7 @@ import torch
 from tether.errors import TetherInputError
 
 POOLINGS = ("last-layer", "mean", "max", "weighted", "concat")
+POSITIONS = ("prompt", "response")
 PROBE_FORMAT = 1
 
 
@@ -81,7 +82,6 @@ def stack_layers(captured: dict[int, torch.Tensor], layers: list[int]) -> torch.
     return torch.stack([captured[layer] for layer in layers], dim=1)  # (n, L, d)
 
 
-@torch.no_grad()
 def prompt_features(
     model,
     tokenizer,
@@ -91,10 +91,47 @@ def prompt_features(
     desc: str = "features",
     padding_side: str = "right",
 ) -> torch.Tensor:
-    """Hidden states of `layers` at each prompt's last token (after the generation prompt): (n, L, d) float32.
+    """Hidden states of `layers` at each prompt's last token (after the generation prompt): (n, L, d) float32."""
+    ids = [
+        list(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+        for p in prompts
+    ]
+    return last_token_features(model, tokenizer.pad_token_id, ids, layers, batch_size, desc, padding_side)
 
-    With right padding the last prompt token of row i sits at len_i − 1; with left padding at T − 1, and position
-    ids are counted over the attention mask so that padding does not shift them.
+
+def response_features(
+    model,
+    tokenizer,
+    rows: list[dict],
+    layers: list[int],
+    batch_size: int = 16,
+    desc: str = "features",
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """Hidden states of `layers` at the last token of each chat row's response (prompt + response): (n, L, d).
+
+    The same tokens as in training (`tokenize_example`), so the state equals the one the trainer reads at the end of
+    the (possibly truncated) response."""
+    from tether.data.chat import tokenize_example
+
+    ids = [tokenize_example(row["messages"], tokenizer, max_length)["input_ids"] for row in rows]
+    return last_token_features(model, tokenizer.pad_token_id, ids, layers, batch_size, desc)
+
+
+@torch.no_grad()
+def last_token_features(
+    model,
+    pad_token_id: int,
+    ids: list[list[int]],
+    layers: list[int],
+    batch_size: int = 16,
+    desc: str = "features",
+    padding_side: str = "right",
+) -> torch.Tensor:
+    """Hidden states of `layers` at the last token of each token sequence: (n, L, d) float32.
+
+    With right padding the last token of row i sits at len_i − 1; with left padding at T − 1, and position ids are
+    counted over the attention mask so that padding does not shift them.
     """
     from tqdm.auto import tqdm
 
@@ -104,25 +141,18 @@ def prompt_features(
     device = next(model.parameters()).device
     out = []
     try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
-            ids = [
-                list(
-                    tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)[
-                        "input_ids"
-                    ]
-                )
-                for p in prompts[start : start + batch_size]
-            ]
-            width = max(map(len, ids))
-            input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
+        for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", leave=False):
+            chunk = ids[start : start + batch_size]
+            width = max(map(len, chunk))
+            input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)  # (B, T)
             attention_mask = torch.zeros_like(input_ids)
-            for i, row in enumerate(ids):
+            for i, row in enumerate(chunk):
                 span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
                 input_ids[i, span] = torch.tensor(row)
                 attention_mask[i, span] = 1
             position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
-            rows = torch.arange(len(ids))
-            cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token: the last prompt token
+            rows = torch.arange(len(chunk))
+            cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token
             with capture_layer_states(model, layers, rows.to(device), cols.to(device)) as captured:
                 model(
                     input_ids=input_ids.to(device),
@@ -191,6 +221,7 @@ class LinearProbe:
     platt_bias: float
     layer_weights: torch.Tensor | None = None  # (L,), for `weighted`
     metadata: dict = field(default_factory=dict)
+    position: str = "prompt"  # `prompt`: last prompt token; `response`: last response token
 
     def logit(self, features: torch.Tensor) -> torch.Tensor:
         """features (n, L, d) -> uncalibrated logit (n,)."""
@@ -220,7 +251,7 @@ class LinearProbe:
                 "format": PROBE_FORMAT,
                 "layers": self.layers,
                 "pooling": self.pooling,
-                "position": "last-prompt-token",
+                "position": self.position,
                 "intercept": self.intercept,
                 "platt_scale": self.platt_scale,
                 "platt_bias": self.platt_bias,
@@ -252,14 +283,15 @@ class LinearProbe:
                 platt_scale=float(meta.pop("platt_scale")),
                 platt_bias=float(meta.pop("platt_bias")),
                 layer_weights=tensors.get("layer_weights"),
+                position=meta.pop("position", "prompt"),
                 metadata=meta,
             )
         except (json.JSONDecodeError, SafetensorError, KeyError, ValueError, TypeError) as error:
             raise TetherInputError(
                 f"probe {directory} is corrupted ({type(error).__name__}: {error}); refit it"
             ) from None
-        if not probe.coef.shape == probe.mean.shape == probe.std.shape:
-            raise TetherInputError(f"probe {directory} is corrupted (tensor shapes differ); refit it")
+        if not probe.coef.shape == probe.mean.shape == probe.std.shape or probe.position not in POSITIONS:
+            raise TetherInputError(f"probe {directory} is corrupted (tensor shapes or position); refit it")
         return probe
 
     def check_model(self, model, tokenizer) -> None:
@@ -402,8 +434,9 @@ def probe_metrics(harmful_scores: np.ndarray, benign_scores: np.ndarray, thresho
 class ProbeCritic:
     """`critic: probe`: risk = the probe's calibrated P(harmful) from the reference pass's last-prompt-token states.
 
-    The trainer captures `reference_features` (B, L, d) at `prompt_length − 1` for `self.layers` during its
-    reference forward pass and puts them in the batch.
+    The trainer captures `reference_features` (B, L, d) for `self.layers` during its reference forward pass, at
+    `prompt_length − 1` (`position: prompt`) or at the last response token (`position: response`), and puts them in
+    the batch.
     """
 
     name = "probe"
@@ -414,6 +447,7 @@ class ProbeCritic:
             raise TetherInputError("critic 'probe' needs probe_path; fit one with `tether probe fit`")
         self.probe = probe or LinearProbe.load(probe_path)
         self.layers = self.probe.layers
+        self.position = self.probe.position
 
     def score(self, batch: dict) -> torch.Tensor:
         return self.probe.score(batch["reference_features"])  # (B,)

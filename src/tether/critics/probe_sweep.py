@@ -12,26 +12,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tether.critics.probe import LinearProbe, fit_probe, model_fingerprint, num_blocks, probe_metrics, prompt_features
+from tether.critics.probe import (
+    LinearProbe,
+    fit_probe,
+    model_fingerprint,
+    num_blocks,
+    probe_metrics,
+    prompt_features,
+    response_features,
+)
 from tether.data.prompts import load_prompts
 from tether.errors import TetherInputError
 
 
 class FeatureBank:
-    """Last-prompt-token features of every layer for named prompt sources, extracted once each."""
+    """Features of every layer for named sources, extracted once each (at the last prompt or response token)."""
 
-    def __init__(self, model, tokenizer, data_dir: str | None = None, batch_size: int = 16):
+    def __init__(self, model, tokenizer, data_dir: str | None = None, batch_size: int = 16, position: str = "prompt"):
+        """`position`: `prompt` reads prompt sets at the last prompt token; `response` reads chat data (prompt and
+        response) at the last response token."""
         self.model, self.tokenizer, self.data_dir, self.batch_size = model, tokenizer, data_dir, batch_size
+        self.position = position
         self.all_layers = list(range(num_blocks(model) + 1))
         self.cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, source: str, layers: list[int] | None = None) -> torch.Tensor:
         """(n, len(layers), d) features of `source` (every layer if `layers` is None)."""
         if source not in self.cache:
-            prompts = load_prompts(source, self.data_dir)
-            self.cache[source] = prompt_features(
-                self.model, self.tokenizer, prompts, self.all_layers, self.batch_size, desc=source
-            )
+            if self.position == "response":
+                rows = load_chat_rows(source, self.data_dir)
+                self.cache[source] = response_features(
+                    self.model, self.tokenizer, rows, self.all_layers, self.batch_size, desc=source
+                )
+            else:
+                prompts = load_prompts(source, self.data_dir)
+                self.cache[source] = prompt_features(
+                    self.model, self.tokenizer, prompts, self.all_layers, self.batch_size, desc=source
+                )
         features = self.cache[source]
         return features if layers is None else features[:, layers]
 
@@ -49,6 +66,7 @@ def fit_from_sources(
     seed: int = 0,
 ) -> LinearProbe:
     probe = fit_probe(bank.many(harmful, layers), bank.many(benign, layers), layers, pooling, C=C, seed=seed)
+    probe.position = bank.position
     probe.metadata.update(
         model=model_fingerprint(bank.model, bank.tokenizer),
         fit_sets={"harmful": harmful, "benign": benign},
@@ -155,6 +173,18 @@ def write_sweep_report(rows: list[dict], out_dir: str | Path, title: str) -> Non
         fig.tight_layout()
         fig.savefig(out / "sweep.png", dpi=120)
         plt.close(fig)
+
+
+def load_chat_rows(
+    source: str,
+    data_dir: str | None = None,
+) -> list[dict]:
+    """Chat rows with responses; `NAME:N` keeps the first N (any source `load_examples` takes)."""
+    from tether.data.sources import load_examples
+
+    name, _, limit = source.rpartition(":") if source.rpartition(":")[2].isdigit() else (source, "", "")
+    rows = load_examples(name, data_dir)
+    return rows[: int(limit)] if limit else rows
 
 
 def prompts_of(source: str, data_dir: str | None = None) -> list[list[dict]]:
