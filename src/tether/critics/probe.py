@@ -322,10 +322,13 @@ def fit_probe(
     C: float | None = None,
     calibration_fraction: float = 0.2,
     seed: int = 0,
+    standardize: bool = True,
+    class_weight: str | None = "balanced",
 ) -> LinearProbe:
     """Fit on features (n, L, d) of harmful and benign prompts. C=None picks it by 5-fold cross-validation.
 
     A stratified `calibration_fraction` is held out: the logistic regression is fit on the rest, Platt scaling on it.
+    `standardize=False` and `class_weight=None` exist for ablations (`benchmarks/probe_ablation.py`).
     """
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import train_test_split
@@ -367,18 +370,20 @@ def fit_probe(
         )
     x = pool(features, pooling, layer_weights).numpy()  # (n, F)
     mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+    if not standardize:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
     z = (x - mean) / std
     if C is None:
         model = LogisticRegressionCV(
             Cs=[1e-3, 1e-2, 1e-1, 1.0, 10.0],
             cv=5,
-            class_weight="balanced",
+            class_weight=class_weight,
             max_iter=3000,
             scoring="roc_auc",
             random_state=seed,
         )
     else:
-        model = LogisticRegression(C=C, class_weight="balanced", max_iter=3000, random_state=seed)
+        model = LogisticRegression(C=C, class_weight=class_weight, max_iter=3000, random_state=seed)
     model.fit(z[train], labels[train])
     logits = z[calib] @ model.coef_[0] + model.intercept_[0]
     platt = LogisticRegression(C=1e6, max_iter=1000).fit(logits[:, None], labels[calib])
