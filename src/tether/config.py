@@ -5,13 +5,12 @@ Every bad input ends as a `TetherInputError` with one line that names the input 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import yaml
 from trl import TrlParser
 
-from tether.errors import TetherInputError
+from tether.errors import OneLineErrors, TetherInputError
 
 
 @dataclass
@@ -100,12 +99,8 @@ class DataArgs:
             raise TetherInputError("harmful_ratio > 0 needs harmful_dataset; pass --harmful_dataset")
 
 
-class TetherParser(TrlParser):
+class TetherParser(OneLineErrors, TrlParser):
     """`TrlParser` whose errors are one line and exit code 2 (argparse's convention), for the CLI."""
-
-    def error(self, message):
-        sys.stderr.write(f"tether: error: {message}\n")
-        sys.exit(2)
 
     def parse(self, argv: list[str]):
         """Parse `argv` (with `--config FILE.yaml`) into the dataclasses; bad input raises `TetherInputError`."""

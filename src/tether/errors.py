@@ -1,4 +1,7 @@
-"""The one error type for bad user input: the CLI prints its message as one line and exits with code 2."""
+"""The one error type for bad user input, and the argparse behaviour that goes with it: one line, exit code 2."""
+
+import argparse
+import sys
 
 
 class TetherInputError(ValueError):
@@ -6,3 +9,15 @@ class TetherInputError(ValueError):
 
     The message names the input and the fix, on one line.
     """
+
+
+class OneLineErrors:
+    """Mixin for argparse parsers: a usage error prints one line on stderr and exits with code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"tether: error: {message}\n")
+        sys.exit(2)
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """`argparse.ArgumentParser` with one-line errors, for the CLI verbs."""

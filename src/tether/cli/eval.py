@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from tether.errors import TetherInputError
+from tether.errors import ArgumentParser, TetherInputError
 
 EXAMPLES = """examples:
   tether eval --model smollm2-135m-instruct --benchmark harmbench:100 xstest --max_new_tokens 64 --out evals/base
@@ -14,14 +13,8 @@ EXAMPLES = """examples:
       --judge_url http://127.0.0.1:8000/v1 --judge_model gpt-oss-20b --out evals/demo"""
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"tether: error: {message}\n")
-        sys.exit(2)
-
-
 def make_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="tether eval", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="tether eval", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="short name, directory, .gguf, hub id, or a tether run directory")
     p.add_argument(
         "--benchmark",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from tether.errors import TetherInputError
+from tether.errors import ArgumentParser, TetherInputError
 
 EXAMPLES = """examples:
   tether probe fit --model smollm2-135m-instruct --harmful advbench safety-llamas --benign alpaca gsm8k:1000 \\
@@ -16,16 +15,10 @@ EXAMPLES = """examples:
   tether probe score --probe probes/smollm2 --data my_train.jsonl --out risk.jsonl"""
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"tether: error: {message}\n")
-        sys.exit(2)
-
-
 def make_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tether probe", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
-    common = Parser(add_help=False)
+    parser = ArgumentParser(prog="tether probe", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=ArgumentParser)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--data_dir", default=None, help="folder of the named sets (default ../shared/data)")
     common.add_argument("--batch_size", type=int, default=16)
     common.add_argument("--model", default=None, help="model (default: the one named in the probe)")
