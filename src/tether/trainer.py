@@ -264,14 +264,15 @@ class TetherTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the denominator is global already
 
-        self._record_metrics(mode, scores, alpha, beta, nll, kl)
+        self._record_metrics(mode, step_scores, alpha, beta, nll, kl)
         return (loss, None) if return_outputs else loss
 
-    def _record_metrics(self, mode, scores, alpha, beta, nll, kl):
-        """Scalars averaged over the whole global batch: every tensor is gathered from all processes first."""
+    def _record_metrics(self, mode, step_scores, alpha, beta, nll, kl):
+        """Scalars averaged over the whole global batch: `step_scores` is already gathered from all processes, the
+        other tensors are gathered here."""
         gather = self.accelerator.gather
         with torch.no_grad():
-            scores, alpha, beta = gather(scores), gather(alpha), gather(beta)
+            scores, alpha, beta = step_scores, gather(alpha), gather(beta)
             nll_sum = gather(nll.sum()[None]).sum()
             kl_sum = gather(kl.sum()[None]).sum()
             count = gather(torch.tensor([nll.numel()], device=nll.device)).sum().clamp(min=1)
