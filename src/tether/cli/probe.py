@@ -122,11 +122,12 @@ def main(argv: list[str]) -> int:
     from tether.critics.probe_sweep import prompts_of
 
     if probe.position == "response":
+        from tether.critics.probe import response_features
         from tether.critics.probe_sweep import load_chat_rows
 
-        rows = load_chat_rows(args.data, args.data_dir)
+        rows = load_chat_rows(args.data, args.data_dir)  # read once; features of the probe's layers only
         prompts = [row["messages"] for row in rows]
-        risks = probe.score(bank(args.data, probe.layers)).tolist()
+        risks = probe.score(response_features(model, tokenizer, rows, probe.layers, args.batch_size)).tolist()
     else:
         prompts = prompts_of(args.data, args.data_dir)
         from tether.critics.probe import prompt_features
