@@ -32,6 +32,13 @@ def test_alpha_one_mode():
     assert beta.tolist() == pytest.approx([0.1, 0.9])
 
 
+def test_gate_mode_stops_learning_risky_examples():
+    """α = 1 − s: a risk-1 example has α = 0 (only the KL pulls it), a risk-0 example α = 1; β keeps its map."""
+    alpha, beta = RiskWeights(alpha_mode="gate")(torch.tensor([0.0, 0.25, 1.0]))
+    assert alpha.tolist() == pytest.approx([1.0, 0.75, 0.0])
+    assert beta.tolist() == pytest.approx([0.1, 0.3, 0.9])
+
+
 def test_example_vs_batch_granularity():
     """Risks [0, 1]: per example β = [0.1, 0.9]; per batch both get s = 0.5, β = 0.5."""
     scores = torch.tensor([0.0, 1.0])

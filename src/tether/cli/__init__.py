@@ -6,8 +6,14 @@ import sys
 
 from tether.errors import TetherInputError
 
-VERBS = {"train": "tether.cli.train", "probe": "tether.cli.probe", "eval": "tether.cli.eval"}
-USAGE = "usage: tether {train,probe,eval} ...   (tether <verb> --help)"
+VERBS = {
+    "train": "tether.cli.train",
+    "probe": "tether.cli.probe",
+    "eval": "tether.cli.eval",
+    "bench": "tether.cli.bench",
+    "demo": "tether.cli.demo",
+}
+USAGE = "usage: tether {train,probe,eval,bench,demo} ...   (tether <verb> --help)"
 
 
 def main(argv: list[str] | None = None) -> int:

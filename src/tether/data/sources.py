@@ -24,6 +24,8 @@ NAMED_DATASETS = {
     "gsm8k-test": "gsm8k/test.jsonl",
     "pure-bad": "harmful_pure_bad_100/pure_bad_100_original.jsonl",
     "safety-llamas": "safety_tuned_llamas/safety_only_data_Instructions.json",
+    # AdvBench behaviours with Llama-2-7b-chat refusals; the first refusal of each distinct prompt, tags stripped.
+    "advbench-refusals": "advbench_llama2_refusals/SFT_aligned_llama2-7b-chat-hf_train_short.csv",
 }
 GENERATED_DATASETS = ("tiny-synthetic",)
 FILE_SUFFIXES = (".json", ".jsonl")
@@ -44,7 +46,7 @@ def load_examples(source: str, data_dir: str | None = None, risk_column: str = "
                 f"named dataset {source!r} expects {path}; pass --data_dir (or set TETHER_DATA_DIR) to the folder "
                 f"that holds {NAMED_DATASETS[source].split('/')[0]}/"
             )
-        raw = read_rows(path)
+        raw = read_refusal_csv(path) if path.suffix == ".csv" else read_rows(path)
     elif source.endswith(FILE_SUFFIXES) or os.sep in source or Path(source).exists():
         path = Path(source)
         if not path.is_file():
@@ -81,6 +83,20 @@ def read_rows(path: Path) -> list[dict]:
             raise TetherInputError(f"{path}: expected a JSON list of examples, got {type(rows).__name__}")
     if not rows:
         raise TetherInputError(f"{path}: the dataset is empty; pass a file with at least one example")
+    return rows
+
+
+def read_refusal_csv(path: Path) -> list[dict]:
+    """`prompt`/`response` CSV with Llama-2 `[INST] ... [/INST]` tags -> Alpaca rows, one per distinct prompt."""
+    import csv
+
+    rows, seen = [], set()
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            prompt = row["prompt"].replace("[INST]", "").replace("[/INST]", "").strip()
+            if prompt not in seen:
+                seen.add(prompt)
+                rows.append({"instruction": prompt, "output": row["response"].strip()})
     return rows
 
 

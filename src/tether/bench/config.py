@@ -1,0 +1,168 @@
+"""The bench configuration: one YAML file describing the reference, the probe, the attacks and the methods.
+
+    model: smollm2-135m-instruct        # the un-aligned starting model
+    data_dir: null                      # named datasets (default $TETHER_DATA_DIR, else ../shared/data)
+    seeds: [0]
+    reference:                          # stage 1: safety-align the model (LoRA SFT, merged); or `model: PATH`
+      data: {advbench-refusals: 96, safety-llamas: 96, alpaca: 128}   # source: rows, seeded sample
+      train: {learning_rate: 2.0e-4, num_train_epochs: 1}            # any `tether train` field
+    probe: {harmful: [advbench], benign: [alpaca], layers: [9, 10, 11], pooling: mean}
+    train: {learning_rate: 2.0e-4, ...}  # shared by every attack run
+    scenarios:                           # attacks
+      - {name: pure-bad, harmful: pure-bad, n_harmful: 100, train: {num_train_epochs: 3}}
+      - {name: gsm8k-hr0.05, benign: gsm8k, n_benign: 200, harmful: pure-bad, harmful_ratio: 0.05,
+         family: gsm8k, x: harmful_ratio}
+    methods:
+      - {name: SFT, train: {regularizer: none}}
+      - {name: A-Reg probe, train: {regularizer: adaptive, critic: probe}}   # probe_path is filled in
+    eval: {benchmarks: [harmbench:50, xstest:50], utility: gsm8k-test:100, max_new_tokens: 48}
+
+Unknown keys are errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tether.errors import TetherInputError
+
+
+@dataclass
+class ReferenceSpec:
+    model: str | None = None  # an already safety-aligned model: skips the alignment stage
+    data: dict[str, int] = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    eval_base: bool = True  # also evaluate the un-aligned model (the "before alignment" row)
+
+
+@dataclass
+class ProbeSpec:
+    harmful: list[str] = field(default_factory=lambda: ["advbench", "safety-llamas:600"])
+    benign: list[str] = field(default_factory=lambda: ["alpaca", "gsm8k:600"])
+    layers: list[int] = field(default_factory=lambda: [11])
+    pooling: str = "last-layer"
+    C: float | None = None
+    eval_harmful: list[str] = field(default_factory=list)  # held-out sets measured on the reference
+    eval_benign: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Scenario:
+    name: str
+    harmful: str = "pure-bad"
+    n_harmful: int | None = None  # pure attack: this many harmful rows (all of them when None)
+    benign: str | None = None  # mixed attack: the benign task
+    n_benign: int | None = None
+    harmful_ratio: float = 0.0
+    methods: list[str] | None = None  # default: every method
+    train: dict = field(default_factory=dict)
+    utility: str | None = None  # held-out NLL data (default: eval.utility)
+    family: str | None = None  # plot grouping
+    x: str | None = None  # plotted against: harmful_ratio or learning_rate
+
+
+@dataclass
+class Method:
+    name: str
+    train: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalSpec:
+    benchmarks: list[str] = field(default_factory=lambda: ["harmbench:50", "xstest:50"])
+    utility: str | None = "gsm8k-test"
+    utility_limit: int = 100
+    extra_benchmarks: list[str] = field(default_factory=list)  # e.g. gsm8k:50 (exact match), on attack runs only
+    max_new_tokens: int = 48
+    batch_size: int = 16
+
+
+@dataclass
+class BenchConfig:
+    model: str = "smollm2-135m-instruct"
+    out_dir: str = "runs/bench"
+    data_dir: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    reference: ReferenceSpec = field(default_factory=ReferenceSpec)
+    probe: ProbeSpec | None = field(default_factory=ProbeSpec)
+    train: dict = field(default_factory=dict)
+    scenarios: list[Scenario] = field(default_factory=list)
+    methods: list[Method] = field(default_factory=list)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def runs(self) -> list[tuple[Scenario, Method, int]]:
+        """Every (scenario, method, seed) of the matrix, in order."""
+        by_name = {m.name: m for m in self.methods}
+        return [
+            (scenario, by_name[name], seed)
+            for scenario in self.scenarios
+            for name in (scenario.methods or list(by_name))
+            for seed in self.seeds
+        ]
+
+
+def load_bench_config(path: str | Path) -> BenchConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise TetherInputError(f"bench config not found: {path}; pass an existing YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise TetherInputError(f"{path}: malformed YAML ({str(error).splitlines()[0]})") from None
+    return bench_config_from_dict(raw, str(path))
+
+
+def bench_config_from_dict(raw: dict, where: str = "bench config") -> BenchConfig:
+    config = _build(BenchConfig, raw, where)
+    config.reference = _build(ReferenceSpec, raw.get("reference") or {}, f"{where}: reference")
+    config.probe = (
+        None if raw.get("probe", {}) is None else _build(ProbeSpec, raw.get("probe") or {}, f"{where}: probe")
+    )
+    config.eval = _build(EvalSpec, raw.get("eval") or {}, f"{where}: eval")
+    config.scenarios = [_build(Scenario, s, f"{where}: scenario") for s in raw.get("scenarios") or []]
+    config.methods = [_build(Method, m, f"{where}: method") for m in raw.get("methods") or []]
+    _validate(config, where)
+    return config
+
+
+def _build(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise TetherInputError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise TetherInputError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+    return cls(**raw)
+
+
+def _validate(config: BenchConfig, where: str) -> None:
+    if not config.scenarios or not config.methods:
+        raise TetherInputError(f"{where}: needs at least one scenario and one method")
+    for kind, items in (("scenario", config.scenarios), ("method", config.methods)):
+        names = [item.name for item in items]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise TetherInputError(f"{where}: {kind} name {duplicates[0]!r} is used twice; names must be unique")
+    known = {m.name for m in config.methods}
+    for scenario in config.scenarios:
+        unknown = [m for m in scenario.methods or [] if m not in known]
+        if unknown:
+            raise TetherInputError(
+                f"{where}: scenario {scenario.name!r} names method {unknown[0]!r}; define it under methods"
+            )
+        if scenario.benign is None and scenario.harmful_ratio:
+            raise TetherInputError(f"{where}: scenario {scenario.name!r} has harmful_ratio but no benign dataset")
+        if scenario.x not in (None, "harmful_ratio", "learning_rate"):
+            raise TetherInputError(f"{where}: scenario {scenario.name!r}: x must be harmful_ratio or learning_rate")
+    if config.reference.model is None and not config.reference.data:
+        raise TetherInputError(f"{where}: reference needs `data` (sources to align on) or `model` (an aligned model)")
+
+
+def slug(name: str) -> str:
+    """A method or scenario name as a folder name: `A-Reg probe` -> `a-reg-probe`."""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")

@@ -1,0 +1,262 @@
+"""`tether bench` stages. Each writes one folder under the bench directory, atomically; a rerun skips finished ones.
+
+<out>/data/reference.jsonl, data/<scenario>-seed<k>.jsonl    training data, as built (risk labels included)
+<out>/reference/run/            stage 1: the alignment run (LoRA)      reference/model/: merged weights
+<out>/probe/                    stage 2: the probe, fit on the reference; probe_eval/eval.json: held-out AUROC
+<out>/runs/<scenario>/<method>/seed<k>/        stage 3-4: one `tether train` run directory each
+<out>/evals/<base|reference|scenario__method__seed<k>>/results.json     stage 5: `tether eval` results
+<out>/report/                   stage 6: report.md, results.json, plots (see `tether.bench.report`)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tether.bench.config import BenchConfig, Method, Scenario, slug
+from tether.errors import TetherInputError
+
+
+def log(message: str) -> None:
+    print(f"[tether bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, config: BenchConfig, out_dir: str | Path | None = None):
+        self.config = config
+        self.out = Path(out_dir or config.out_dir)
+
+    # ---- paths
+    @property
+    def reference_model(self) -> str:
+        return self.config.reference.model or str(self.out / "reference" / "model")
+
+    @property
+    def probe_dir(self) -> Path:
+        return self.out / "probe"
+
+    def run_dir(self, scenario: Scenario, method: Method, seed: int) -> Path:
+        return self.out / "runs" / slug(scenario.name) / slug(method.name) / f"seed{seed}"
+
+    def eval_dir(self, key: str) -> Path:
+        return self.out / "evals" / key
+
+    @staticmethod
+    def run_key(scenario: Scenario, method: Method, seed: int) -> str:
+        return f"{slug(scenario.name)}__{slug(method.name)}__seed{seed}"
+
+    # ---- the whole matrix
+    def run(self, scenarios: list[str] | None = None, methods: list[str] | None = None) -> Path:
+        self.check_selection(scenarios, methods)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "bench.yaml").write_text(yaml.safe_dump(_as_dict(self.config), sort_keys=False))
+        started = time.time()
+        if self.config.reference.eval_base:
+            self.evaluate("base", self.config.model)
+        self.align_reference()
+        self.evaluate("reference", self.reference_model)
+        self.fit_probe()
+        matrix = [
+            (s, m, seed)
+            for s, m, seed in self.config.runs()
+            if (not scenarios or s.name in scenarios) and (not methods or m.name in methods)
+        ]
+        for i, (scenario, method, seed) in enumerate(matrix, start=1):
+            log(f"run {i}/{len(matrix)}: {scenario.name} / {method.name} / seed {seed}")
+            run_dir = self.train(scenario, method, seed)
+            extra = self.config.eval.extra_benchmarks
+            self.evaluate(self.run_key(scenario, method, seed), str(run_dir), scenario.utility, extra)
+        from tether.bench.report import write_report
+
+        report = write_report(self.out)
+        log(f"done in {time.time() - started:.0f} s; report: {report}")
+        return report
+
+    def check_selection(self, scenarios, methods) -> None:
+        for kind, chosen, known in (
+            ("scenario", scenarios, [s.name for s in self.config.scenarios]),
+            ("method", methods, [m.name for m in self.config.methods]),
+        ):
+            unknown = [c for c in chosen or [] if c not in known]
+            if unknown:
+                raise TetherInputError(f"unknown {kind} {unknown[0]!r}; the config defines {', '.join(known)}")
+
+    # ---- stage 1: the safe reference
+    def align_reference(self) -> None:
+        if self.config.reference.model is not None:
+            log(f"reference: {self.config.reference.model} (given)")
+            return
+        final = self.out / "reference" / "model"
+        if (final / "config.json").is_file():
+            log(f"reference: cached at {final}")
+            return
+        data = self.write_data("reference", reference_rows(self.config.reference.data, self.config.data_dir, 0))
+        run_dir = self.out / "reference" / "run"
+        settings = {
+            **self.config.train,
+            **self.config.reference.train,
+            "model_name_or_path": self.config.model,
+            "dataset": str(data),
+            "regularizer": "none",
+        }
+        self.train_once("reference alignment", run_dir, settings)
+        log("reference: merging the adapter into the weights")
+        merge_run(run_dir, final)
+
+    # ---- stage 2: the probe
+    def fit_probe(self) -> None:
+        spec = self.config.probe
+        if spec is None:
+            return
+        if not (self.probe_dir / "probe.json").is_file():
+            log(f"probe: fitting on {self.reference_model}")
+            argv = ["fit", "--model", self.reference_model, "--harmful", *spec.harmful, "--benign", *spec.benign]
+            argv += ["--layers", *map(str, spec.layers), "--pooling", spec.pooling, "--out", str(self.probe_dir)]
+            argv += ["--C", str(spec.C)] if spec.C is not None else []
+            self.call("tether.cli.probe", argv + self.data_dir_args())
+        else:
+            log(f"probe: cached at {self.probe_dir}")
+        if spec.eval_harmful and spec.eval_benign and not (self.out / "probe_eval" / "eval.json").is_file():
+            staging = self.fresh_staging(self.out / "probe_eval")
+            argv = ["eval", "--probe", str(self.probe_dir), "--harmful", *spec.eval_harmful]
+            argv += ["--benign", *spec.eval_benign, "--out", str(staging)]
+            self.call("tether.cli.probe", argv + self.data_dir_args())
+            staging.rename(self.out / "probe_eval")
+
+    # ---- stages 3-4: attacks × methods
+    def train(self, scenario: Scenario, method: Method, seed: int) -> Path:
+        run_dir = self.run_dir(scenario, method, seed)
+        rows = scenario_rows(scenario, self.config.data_dir, seed)
+        data = self.write_data(f"{slug(scenario.name)}-seed{seed}", rows)
+        settings = {
+            **self.config.train,
+            **scenario.train,
+            **method.train,
+            "model_name_or_path": self.reference_model,
+            "dataset": str(data),
+            "seed": seed,
+        }
+        if settings.get("regularizer", "adaptive") == "adaptive" and settings.get("critic") == "probe":
+            settings.setdefault("probe_path", str(self.probe_dir))
+        self.train_once(f"{scenario.name} / {method.name}", run_dir, settings)
+        return run_dir
+
+    def train_once(self, what: str, run_dir: Path, settings: dict) -> None:
+        if (run_dir / "config.yaml").is_file():
+            log(f"{what}: cached at {run_dir}")
+            return
+        shutil.rmtree(run_dir.with_name(run_dir.name + ".incomplete"), ignore_errors=True)  # left by a killed run
+        settings = {"report_to": "none", "save_strategy": "no", **settings, "output_dir": str(run_dir)}
+        if self.config.data_dir:
+            settings["data_dir"] = self.config.data_dir
+        config_file = self.out / "configs" / f"{run_dir.relative_to(self.out).as_posix().replace('/', '__')}.yaml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(yaml.safe_dump(settings, sort_keys=False))
+        log(f"{what}: training ({config_file})")
+        self.call("tether.cli.train", ["--config", str(config_file)])
+
+    # ---- stage 5: evaluation
+    def evaluate(self, key: str, model: str, utility: str | None = None, extra: list[str] | None = None) -> Path:
+        final = self.eval_dir(key)
+        if (final / "results.json").is_file():
+            log(f"eval {key}: cached")
+            return final
+        spec = self.config.eval
+        staging = self.fresh_staging(final)
+        staging.rmdir()  # `tether eval` creates it
+        argv = ["--model", model, "--benchmark", *spec.benchmarks, *(extra or []), "--out", str(staging)]
+        argv += ["--max_new_tokens", str(spec.max_new_tokens), "--batch_size", str(spec.batch_size)]
+        nll_data = utility or spec.utility
+        if nll_data:
+            argv += ["--nll_data", nll_data, "--nll_limit", str(spec.utility_limit)]
+        log(f"eval {key}: {' '.join(spec.benchmarks + (extra or []))}")
+        self.call("tether.cli.eval", argv + self.data_dir_args(), quiet=True)
+        staging.rename(final)
+        return final
+
+    # ---- helpers
+    def data_dir_args(self) -> list[str]:
+        return ["--data_dir", self.config.data_dir] if self.config.data_dir else []
+
+    def fresh_staging(self, final: Path) -> Path:
+        staging = final.with_name(final.name + ".incomplete")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+
+    def write_data(self, name: str, rows: list[dict]) -> Path:
+        path = self.out / "data" / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".jsonl.incomplete")
+        staging.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        staging.replace(path)
+        return path
+
+    @staticmethod
+    def call(module: str, argv: list[str], quiet: bool = False) -> None:
+        import contextlib
+        import importlib
+        import io
+
+        stdout = io.StringIO() if quiet else sys.stdout
+        with contextlib.redirect_stdout(stdout):
+            importlib.import_module(module).main(argv)
+
+
+def reference_rows(sources: dict[str, int], data_dir: str | None, seed: int) -> list[dict]:
+    """A seeded sample of `n` rows from each source, shuffled together."""
+    from tether.data.sources import load_examples
+
+    rng = random.Random(seed)
+    rows = []
+    for source, n in sources.items():
+        available = load_examples(source, data_dir)
+        if n > len(available):
+            raise TetherInputError(f"reference data: {source} has {len(available)} rows, fewer than the {n} asked")
+        rows += [{**row, "risk": 0.0} for row in rng.sample(available, n)]
+    rng.shuffle(rows)
+    return rows
+
+
+def scenario_rows(scenario: Scenario, data_dir: str | None, seed: int) -> list[dict]:
+    """Pure attack: `n_harmful` harmful rows (risk 1). Mixed: `n_benign` benign rows (risk 0) plus harmful ones at
+    `harmful_ratio`, with the seeded exact counts of `tether.data.mixing`."""
+    from tether.data.mixing import mix_harmful
+    from tether.data.sources import load_examples
+
+    rng = random.Random(seed)
+    harmful = [{**row, "risk": 1.0} for row in load_examples(scenario.harmful, data_dir)]
+    if scenario.benign is None:
+        n = scenario.n_harmful or len(harmful)
+        if n > len(harmful):
+            raise TetherInputError(f"scenario {scenario.name}: n_harmful {n} > the {len(harmful)} rows available")
+        return rng.sample(harmful, n)
+    benign = load_examples(scenario.benign, data_dir)
+    if scenario.n_benign is not None and scenario.n_benign < len(benign):
+        benign = rng.sample(benign, scenario.n_benign)
+    rows, _ = mix_harmful(benign, harmful, scenario.harmful_ratio, seed=seed)
+    return rows
+
+
+def merge_run(run_dir: Path, final: Path) -> None:
+    """A LoRA run's adapter merged into its base and saved as a plain model directory, atomically."""
+    from tether.modeling import load_trained
+
+    model, tokenizer = load_trained(str(run_dir))
+    staging = final.with_name(final.name + ".incomplete")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(final)
+
+
+def _as_dict(config: BenchConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(config)

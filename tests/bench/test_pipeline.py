@@ -1,0 +1,121 @@
+"""The whole bench on the tiny model and a generated data directory: every stage's outputs, the report, the cache."""
+
+import json
+
+import pytest
+import yaml
+
+from tether.bench.config import bench_config_from_dict
+from tether.bench.report import _add_utility_kept, aggregate
+from tether.cli import main
+
+from .conftest import tiny_bench
+
+
+@pytest.fixture(scope="module")
+def bench_dir(mini_data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    config = root / "bench.yaml"
+    config.write_text(yaml.safe_dump(tiny_bench(mini_data_dir)))
+    out = root / "out"
+    # a stage killed half-way leaves a staging folder behind; the run must clean it up and redo the stage
+    (out / "evals" / "reference.incomplete").mkdir(parents=True)
+    (out / "evals" / "reference.incomplete" / "junk").write_text("half-written")
+    assert main(["bench", "--config", str(config), "--out_dir", str(out)]) == 0
+    return out
+
+
+def test_every_stage_writes_its_outputs(bench_dir):
+    assert (bench_dir / "reference" / "model" / "config.json").is_file()
+    assert (bench_dir / "reference" / "run" / "adapter").is_dir()
+    assert (bench_dir / "probe" / "probe.json").is_file()
+    assert (bench_dir / "probe_eval" / "eval.json").is_file()
+    for key in ("base", "reference"):
+        assert (bench_dir / "evals" / key / "results.json").is_file()
+    runs = sorted(p.relative_to(bench_dir / "runs").as_posix() for p in (bench_dir / "runs").glob("*/*/seed0"))
+    assert len(runs) == 12 and "mix-0.2/a-reg-probe/seed0" in runs
+    for run in runs:
+        assert (bench_dir / "runs" / run / "metrics.jsonl").is_file()
+    assert not list(bench_dir.rglob("*.incomplete"))
+    # the reference data is labelled benign, the pure attack entirely harmful, the mix at its exact ratio
+    mixed = [json.loads(line) for line in (bench_dir / "data" / "mix-0.2-seed0.jsonl").read_text().splitlines()]
+    assert sum(r["risk"] == 1.0 for r in mixed) == 2 and len(mixed) == 10
+    # the probe-critic run trained on the probe fit on the merged reference
+    probe_run = yaml.safe_load((bench_dir / "runs/pure/a-reg-probe/seed0/config.yaml").read_text())
+    assert probe_run["training"]["probe_path"] == str(bench_dir / "probe")
+    assert probe_run["model"]["model_name_or_path"] == str(bench_dir / "reference" / "model")
+
+
+def test_report_lists_every_method_and_plot(bench_dir):
+    report = (bench_dir / "report" / "report.md").read_text()
+    for method in ("Initial (safe reference)", "Base (un-aligned)", "| SFT |", "C-SFT", "A-Reg probe", "A-Reg label"):
+        assert method in report
+    results = json.loads((bench_dir / "report" / "results.json").read_text())
+    assert len(results["rows"]) == 12
+    assert {"asr_vs_hr_gsm8k.png", "beta_risk.png"} <= {p.name for p in (bench_dir / "report").glob("*.png")}
+    label = next(r for r in results["runs"] if r["method"] == "A-Reg label" and r["scenario"] == "pure")
+    assert all(t["risk"] == 1.0 and t["beta"] == pytest.approx(0.9) for t in label["trajectory"])
+
+
+def test_rerun_skips_finished_stages(bench_dir, capsys):
+    before = {p: p.stat().st_mtime_ns for p in bench_dir.rglob("results.json") if "report" not in p.parts}
+    config = bench_dir.parent / "bench.yaml"
+    assert main(["bench", "--config", str(config), "--out_dir", str(bench_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "training (" not in err and err.count("cached") >= 12 + 14
+    assert before == {p: p.stat().st_mtime_ns for p in before}
+
+
+def test_report_rebuilds_from_disk(bench_dir):
+    (bench_dir / "report" / "report.md").unlink()
+    assert main(["bench", "report", "--out_dir", str(bench_dir)]) == 0
+    assert "A-Reg probe" in (bench_dir / "report" / "report.md").read_text()
+
+
+def test_utility_kept_and_seed_spread_by_hand():
+    runs = [
+        {"scenario": "s", "method": "SFT", "seed": 0, "family": None, "x": None, "utility_nll": 1.0},
+        {"scenario": "s", "method": "SFT", "seed": 1, "family": None, "x": None, "utility_nll": 1.2},
+        {"scenario": "s", "method": "A", "seed": 0, "family": None, "x": None, "utility_nll": 1.5},
+        {"scenario": "s", "method": "A", "seed": 1, "family": None, "x": None, "utility_nll": 1.2},
+    ]
+    _add_utility_kept(runs, {"utility_nll": 2.0})
+    assert [r["utility_kept"] for r in runs] == pytest.approx([1.0, 1.0, 0.5, 1.0])
+    a = next(r for r in aggregate(runs) if r["method"] == "A")
+    assert a["utility_kept"] == pytest.approx(0.75) and a["utility_kept_sd"] == pytest.approx(0.3535534, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"epochs": 3}, "unknown key 'epochs'"),
+        ({"scenarios": [{"name": "a", "methods": ["nope"]}]}, "names method 'nope'"),
+        ({"methods": [{"name": "SFT"}, {"name": "SFT"}]}, "'SFT' is used twice"),
+        ({"scenarios": [{"name": "a", "harmful_ratio": 0.1}]}, "no benign dataset"),
+    ],
+)
+def test_bad_bench_config_is_one_line(change, expected, mini_data_dir, tmp_path, capsys):
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(tiny_bench(mini_data_dir, **change)))
+    assert main(["bench", "--config", str(config), "--out_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_selection_and_missing_config(mini_data_dir, tmp_path, capsys):
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(tiny_bench(mini_data_dir)))
+    assert main(["bench", "--config", str(config), "--out_dir", str(tmp_path / "o"), "--methods", "DPO"]) == 2
+    assert "unknown method 'DPO'" in capsys.readouterr().err
+    assert main(["bench", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "bench config not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_config_is_valid_and_printable(capsys):
+    from tether.cli.demo import DEMO_CONFIG
+
+    config = bench_config_from_dict(yaml.safe_load(DEMO_CONFIG.read_text()))
+    assert {m.name for m in config.methods} == {"SFT", "C-SFT", "A-Reg probe"}
+    assert main(["demo", "--print_config"]) == 0 and "pure-bad" in capsys.readouterr().out
