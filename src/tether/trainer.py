@@ -40,9 +40,10 @@ class TetherConfig(SFTConfig):
         β at risk 0 and risk 1 (`weight_map: linear`).
     beta_clamp_min, beta_clamp_max (`float`, defaults to `0.1`, `0.9`):
         β is clamped to this range (the official code's clamp).
-    alpha_mode (`str`, defaults to `"complement"`):
-        `complement` (α = 1 − β, the paper), `one` (α = 1), or `gate` (α = 1 − s: a risk-1 example is not learned,
-        only pulled toward the reference; with `regularizer: fixed` it means `complement`).
+    alpha_mode (`str`, defaults to `"gate"`):
+        `gate` (α = 1 − s: a risk-1 example is not learned at all, only pulled toward the reference), `paper`
+        (α = 1 − β, the paper's parameterization, which still teaches a risk-1 example with α = 0.1), or `one`
+        (α = 1). Under `regularizer: fixed` there is no risk, and `gate` means `paper` (α = 1 − β).
     weight_map (`str`, defaults to `"linear"`):
         `linear`, or `official`: β = clamp((r − 2)/3) with r = 1 + 4s, the official code's map.
     risk_ema (`float`, defaults to `0.0`):
@@ -88,7 +89,7 @@ class TetherConfig(SFTConfig):
     beta_max: float = field(default=0.9, metadata={"help": "Beta at risk 1."})
     beta_clamp_min: float = field(default=0.1, metadata={"help": "Lower clamp of beta."})
     beta_clamp_max: float = field(default=0.9, metadata={"help": "Upper clamp of beta."})
-    alpha_mode: str = field(default="complement", metadata={"help": "complement (1 - beta), one, or gate (1 - risk)."})
+    alpha_mode: str = field(default="paper", metadata={"help": "complement (1 - beta), one, or gate (1 - risk)."})
     weight_map: str = field(default="linear", metadata={"help": "linear or official (the paper's code)."})
     risk_ema: float = field(default=0.0, metadata={"help": "EMA lambda on the risk; 0 disables it."})
     granularity: str = field(default="example", metadata={"help": "example or batch."})
@@ -122,7 +123,7 @@ class TetherConfig(SFTConfig):
 
     def __post_init__(self):
         _check_choice("regularizer", self.regularizer, REGULARIZERS)
-        _check_choice("alpha_mode", self.alpha_mode, ("complement", "one", "gate"))
+        _check_choice("alpha_mode", self.alpha_mode, ("gate", "paper", "one"))
         _check_choice("weight_map", self.weight_map, ("linear", "official"))
         _check_choice("granularity", self.granularity, ("example", "batch"))
         _check_choice("kl_direction", self.kl_direction, ("forward", "reverse"))

@@ -6,7 +6,7 @@
     s̃ = λ·s̃_prev + (1 − λ)·s          (EMA, λ = 0 disables it)
     β = clamp(β_min + (β_max − β_min)·s̃, clamp_min, clamp_max)      (weight_map "linear")
     β = clamp((r − 2)/3, clamp_min, clamp_max), r = 1 + 4·s̃            (weight_map "official": the paper's code)
-    α = 1 − β (alpha_mode "complement", the paper), α = 1 (alpha_mode "one"), or α = 1 − s̃ (alpha_mode "gate":
+    α = 1 − β (alpha_mode "paper"), α = 1 (alpha_mode "one"), or α = 1 − s̃ (alpha_mode "gate":
     a fully risky example is not learned at all and only pulls toward the reference)
 
 Higher s means riskier, so a larger β (pull toward the reference) and a smaller α (less task learning).
@@ -20,9 +20,9 @@ import torch
 class FixedWeights:
     """Constant weights: plain SFT with `beta=0, alpha_mode="one"`, C-SFT with a fixed β."""
 
-    def __init__(self, beta: float, alpha_mode: str = "complement"):
+    def __init__(self, beta: float, alpha_mode: str = "paper"):
         self.beta = beta
-        self.alpha = 1.0 if alpha_mode == "one" else 1.0 - beta  # without a risk, "gate" is "complement"
+        self.alpha = 1.0 if alpha_mode == "one" else 1.0 - beta  # without a risk, "gate" is "paper"
 
     def __call__(self, scores: torch.Tensor, step_scores: torch.Tensor | None = None):
         """scores (B,) -> alpha (B,), beta (B,); the scores are ignored."""
@@ -38,7 +38,7 @@ class RiskWeights:
         ema: λ of the EMA on s; 0 disables it.
         granularity: `example` (each example its own α, β) or `batch` (every example gets the batch mean risk, the
             paper's description).
-        alpha_mode: `complement` (α = 1 − β), `one` (α = 1) or `gate` (α = 1 − s̃).
+        alpha_mode: `paper` (α = 1 − β), `one` (α = 1) or `gate` (α = 1 − s̃).
         weight_map: `linear` or `official`.
 
     The EMA state is one number, the smoothed batch-mean risk, updated once per call. Under `batch` granularity,
@@ -54,7 +54,7 @@ class RiskWeights:
         clamp_max: float = 0.9,
         ema: float = 0.0,
         granularity: str = "example",
-        alpha_mode: str = "complement",
+        alpha_mode: str = "paper",
         weight_map: str = "linear",
     ):
         self.beta_min, self.beta_max = beta_min, beta_max

@@ -119,3 +119,17 @@ def test_demo_config_is_valid_and_printable(capsys):
     config = bench_config_from_dict(yaml.safe_load(DEMO_CONFIG.read_text()))
     assert {m.name for m in config.methods} == {"SFT", "C-SFT", "A-Reg probe"}
     assert main(["demo", "--print_config"]) == 0 and "pure-bad" in capsys.readouterr().out
+
+
+def test_changed_settings_are_not_silently_reused(bench_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "out"
+    shutil.copytree(bench_dir, copy)
+    config = yaml.safe_load((bench_dir.parent / "bench.yaml").read_text())
+    config["methods"][1]["train"]["beta"] = 0.7  # C-SFT's β changed: its cached runs no longer match
+    changed = tmp_path / "bench.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    assert main(["bench", "--config", str(changed), "--out_dir", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and "made with other settings" in err[-1] and "c-sft" in err[-1]

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -93,7 +94,8 @@ class Bench:
             log(f"reference: {self.config.reference.model} (given)")
             return
         final = self.out / "reference" / "model"
-        if (final / "config.json").is_file():
+        spec = {"model": self.config.model, "reference": _as_dict(self.config.reference), "train": self.config.train}
+        if self.cached("reference", final / "config.json", spec):
             log(f"reference: cached at {final}")
             return
         data = self.write_data("reference", reference_rows(self.config.reference.data, self.config.data_dir, 0))
@@ -108,18 +110,23 @@ class Bench:
         self.train_once("reference alignment", run_dir, settings)
         log("reference: merging the adapter into the weights")
         merge_run(run_dir, final)
+        self.record("reference", spec)
 
     # ---- stage 2: the probe
     def fit_probe(self) -> None:
         spec = self.config.probe
         if spec is None:
             return
-        if not (self.probe_dir / "probe.json").is_file():
+        probe_spec = {"probe": _as_dict(spec), "model": self.reference_model}
+        if not self.cached("probe", self.probe_dir / "probe.json", probe_spec):
+            shutil.rmtree(self.probe_dir, ignore_errors=True)
+            shutil.rmtree(self.out / "probe_eval", ignore_errors=True)
             log(f"probe: fitting on {self.reference_model}")
             argv = ["fit", "--model", self.reference_model, "--harmful", *spec.harmful, "--benign", *spec.benign]
             argv += ["--layers", *map(str, spec.layers), "--pooling", spec.pooling, "--out", str(self.probe_dir)]
             argv += ["--C", str(spec.C)] if spec.C is not None else []
             self.call("tether.cli.probe", argv + self.data_dir_args())
+            self.record("probe", probe_spec)
         else:
             log(f"probe: cached at {self.probe_dir}")
         if spec.eval_harmful and spec.eval_benign and not (self.out / "probe_eval" / "eval.json").is_file():
@@ -148,26 +155,31 @@ class Bench:
         return run_dir
 
     def train_once(self, what: str, run_dir: Path, settings: dict) -> None:
-        if (run_dir / "config.yaml").is_file():
+        stage = run_dir.relative_to(self.out).as_posix().replace("/", "__")
+        data = Path(settings["dataset"])
+        spec = {**settings, "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
+        if self.cached(stage, run_dir / "config.yaml", spec):
             log(f"{what}: cached at {run_dir}")
             return
         shutil.rmtree(run_dir.with_name(run_dir.name + ".incomplete"), ignore_errors=True)  # left by a killed run
-        settings = {"report_to": "none", "save_strategy": "no", **settings, "output_dir": str(run_dir)}
+        train_settings = {"report_to": "none", "save_strategy": "no", **settings, "output_dir": str(run_dir)}
         if self.config.data_dir:
-            settings["data_dir"] = self.config.data_dir
-        config_file = self.out / "configs" / f"{run_dir.relative_to(self.out).as_posix().replace('/', '__')}.yaml"
+            train_settings["data_dir"] = self.config.data_dir
+        config_file = self.out / "configs" / f"{stage}.yaml"
         config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(settings, sort_keys=False))
+        config_file.write_text(yaml.safe_dump(train_settings, sort_keys=False))
         log(f"{what}: training ({config_file})")
         self.call("tether.cli.train", ["--config", str(config_file)])
+        self.record(stage, spec)
 
     # ---- stage 5: evaluation
     def evaluate(self, key: str, model: str, utility: str | None = None, extra: list[str] | None = None) -> Path:
         final = self.eval_dir(key)
-        if (final / "results.json").is_file():
+        spec = self.config.eval
+        record = {"model": model, "eval": _as_dict(spec), "utility": utility, "extra": extra or []}
+        if self.cached(f"eval__{key}", final / "results.json", record):
             log(f"eval {key}: cached")
             return final
-        spec = self.config.eval
         staging = self.fresh_staging(final)
         staging.rmdir()  # `tether eval` creates it
         argv = ["--model", model, "--benchmark", *spec.benchmarks, *(extra or []), "--out", str(staging)]
@@ -177,10 +189,34 @@ class Bench:
             argv += ["--nll_data", nll_data, "--nll_limit", str(spec.utility_limit)]
         log(f"eval {key}: {' '.join(spec.benchmarks + (extra or []))}")
         self.call("tether.cli.eval", argv + self.data_dir_args(), quiet=True)
+        shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
+        self.record(f"eval__{key}", record)
         return final
 
     # ---- helpers
+    def cached(self, stage: str, output: Path, spec: dict) -> bool:
+        """Whether the stage's output exists and was made from this spec. An output made from another spec is an
+        error rather than a silent reuse: the bench directory would mix two experiments."""
+        if not output.is_file():
+            return False
+        record = self.out / "specs" / f"{stage}.json"
+        if record.is_file() and json.loads(record.read_text()) != self.portable(spec):
+            raise TetherInputError(
+                f"{output.parent} was made with other settings than the config now asks for (stage {stage}); "
+                "pass another --out_dir, or delete that folder to redo it"
+            )
+        return True
+
+    def record(self, stage: str, spec: dict) -> None:
+        path = self.out / "specs" / f"{stage}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.portable(spec), indent=1, sort_keys=True))
+
+    def portable(self, spec: dict) -> dict:
+        """The spec with the bench directory's own path replaced, so that a moved bench directory stays valid."""
+        return json.loads(json.dumps(spec).replace(json.dumps(str(self.out))[1:-1], "<out>"))
+
     def data_dir_args(self) -> list[str]:
         return ["--data_dir", self.config.data_dir] if self.config.data_dir else []
 
