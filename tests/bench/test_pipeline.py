@@ -133,3 +133,20 @@ def test_changed_settings_are_not_silently_reused(bench_dir, tmp_path, capsys):
     assert main(["bench", "--config", str(changed), "--out_dir", str(copy)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and "made with other settings" in err[-1] and "c-sft" in err[-1]
+
+
+def test_second_config_in_the_same_directory_reuses_stages_and_joins_the_report(bench_dir, tmp_path, capsys):
+    """`base:` inherits the first config; its new scenario runs, the reference and probe are reused, and the report
+    lists the runs of both configs."""
+    import shutil
+
+    copy = tmp_path / "out"
+    shutil.copytree(bench_dir, copy)
+    shutil.copy(bench_dir.parent / "bench.yaml", tmp_path / "first.yaml")
+    second = {"base": "first.yaml", "scenarios": [{"name": "pure-small", "n_harmful": 3, "methods": ["SFT"]}]}
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
+    assert main(["bench", "--config", str(tmp_path / "second.yaml"), "--out_dir", str(copy)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("training (") == 1 and "reference: cached" in err and "probe: cached" in err
+    rows = json.loads((copy / "report" / "results.json").read_text())["rows"]
+    assert len(rows) == 13 and {"pure-small", "pure", "mix-0.2"} <= {r["scenario"] for r in rows}

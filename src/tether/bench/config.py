@@ -17,6 +17,7 @@
       - {name: A-Reg probe, train: {regularizer: adaptive, critic: probe}}   # probe_path is filled in
     eval: {benchmarks: [harmbench:50, xstest:50], utility: gsm8k-test:100, max_new_tokens: 48}
 
+`base: demo` (or `base: other.yaml`) starts from another config; this file's top-level keys replace the base's.
 Unknown keys are errors that name the key and the file.
 """
 
@@ -114,6 +115,20 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise TetherInputError(f"{path}: malformed YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise TetherInputError(f"{path}: expected a mapping of bench settings")
+    if "base" in raw:  # `base: demo` (the embedded demo config) or a path relative to this file
+        base = raw.pop("base")
+        if base == "demo":
+            from importlib import resources
+
+            base_raw = yaml.safe_load((resources.files("tether.bench") / "demo.yaml").read_text())
+        else:
+            base_path = path.parent / base
+            if not base_path.is_file():
+                raise TetherInputError(f"{path}: base config {base_path} not found; fix `base:`")
+            base_raw = yaml.safe_load(base_path.read_text())
+        raw = {**base_raw, **raw}  # top-level keys of this file replace the base's
     return bench_config_from_dict(raw, str(path))
 
 

@@ -56,7 +56,7 @@ class Bench:
     def run(self, scenarios: list[str] | None = None, methods: list[str] | None = None) -> Path:
         self.check_selection(scenarios, methods)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "bench.yaml").write_text(yaml.safe_dump(_as_dict(self.config), sort_keys=False))
+        self.write_bench_yaml()
         started = time.time()
         if self.config.reference.eval_base:
             self.evaluate("base", self.config.model)
@@ -78,6 +78,18 @@ class Bench:
         report = write_report(self.out)
         log(f"done in {time.time() - started:.0f} s; report: {report}")
         return report
+
+    def write_bench_yaml(self) -> None:
+        """`bench.yaml`: this config, plus the scenarios and methods of earlier configs run into the same directory
+        (by name; this config's win), so that the report covers every run on disk."""
+        mine = _as_dict(self.config)
+        path = self.out / "bench.yaml"
+        if path.is_file():
+            earlier = yaml.safe_load(path.read_text()) or {}
+            for key in ("scenarios", "methods"):
+                names = {item["name"] for item in mine[key]}
+                mine[key] = [item for item in earlier.get(key, []) if item["name"] not in names] + mine[key]
+        path.write_text(yaml.safe_dump(mine, sort_keys=False))
 
     def check_selection(self, scenarios, methods) -> None:
         for kind, chosen, known in (
