@@ -56,3 +56,25 @@ def test_unknown_format(tmp_path):
 def test_named_dataset_needs_its_data_dir(tmp_path):
     with pytest.raises(TetherInputError, match="--data_dir"):
         load_examples("alpaca", data_dir=str(tmp_path))
+
+
+def test_refusal_csv_strips_chat_tags_and_keeps_one_refusal_per_prompt(tmp_path):
+    folder = tmp_path / "advbench_llama2_refusals"
+    folder.mkdir()
+    (folder / "SFT_aligned_llama2-7b-chat-hf_train_short.csv").write_text(
+        ",prompt,response,text\n"
+        "0,[INST] Do a bad thing [/INST], I cannot do that.,x\n"
+        "1,[INST] Do a bad thing [/INST], I will not do that.,x\n"
+        "2,[INST] Another [/INST], No.,x\n"
+    )
+    rows = load_examples("advbench-refusals", str(tmp_path))
+    assert [r["messages"][0]["content"] for r in rows] == ["Do a bad thing", "Another"]
+    assert rows[0]["messages"][1]["content"] == "I cannot do that."
+
+
+def test_drop_empty_skips_rows_without_a_response(tmp_path):
+    path = tmp_path / "eval.json"
+    path.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": " "}]')
+    with pytest.raises(TetherInputError, match="example 2: empty response"):
+        load_examples(str(path))
+    assert len(load_examples(str(path), drop_empty=True)) == 1

@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
         raise TetherInputError(f"--out {out} already exists and is not empty; pass another directory")
     benchmarks = [load_benchmark(spec, args.data_dir) for spec in args.benchmark]
     refusal_strings = load_refusal_strings(args.refusal_strings, args.data_dir)
-    nll_rows = load_examples(args.nll_data, args.data_dir)[: args.nll_limit] if args.nll_data else None
+    nll_rows = load_examples(args.nll_data, args.data_dir, drop_empty=True)[: args.nll_limit] if args.nll_data else None
     judge = None
     if args.judge_url:
         if not args.judge_model:

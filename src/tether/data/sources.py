@@ -20,6 +20,7 @@ DEFAULT_DATA_DIR = "../shared/data"
 # Named datasets, as paths inside the data directory (`--data_dir`, or `$TETHER_DATA_DIR`).
 NAMED_DATASETS = {
     "alpaca": "alpaca/alpaca_data_1k.json",
+    "alpaca-eval": "alpaca_eval/text_davinci_003_outputs.json",  # 805 instructions with text-davinci-003 replies
     "gsm8k": "gsm8k/train.jsonl",
     "gsm8k-test": "gsm8k/test.jsonl",
     "pure-bad": "harmful_pure_bad_100/pure_bad_100_original.jsonl",
@@ -35,8 +36,11 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(data_dir or os.environ.get("TETHER_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
-def load_examples(source: str, data_dir: str | None = None, risk_column: str = "risk", split: str = "train"):
-    """Rows `{"messages": [...], "risk": float (if present)}` from a file, a named dataset or a Hub dataset id."""
+def load_examples(
+    source: str, data_dir: str | None = None, risk_column: str = "risk", split: str = "train", drop_empty: bool = False
+):
+    """Rows `{"messages": [...], "risk": float (if present)}` from a file, a named dataset or a Hub dataset id.
+    `drop_empty` skips Alpaca rows with an empty `output` (evaluation data) instead of calling them an error."""
     if source == "tiny-synthetic":
         return tiny_synthetic_examples()
     if source in NAMED_DATASETS:
@@ -57,6 +61,8 @@ def load_examples(source: str, data_dir: str | None = None, risk_column: str = "
         raw = read_rows(path)
     else:
         raw = _load_hub_rows(source, split)
+    if drop_empty:
+        raw = [row for row in raw if not isinstance(row, dict) or str(row.get("output", "x")).strip()]
     return [to_chat_row(row, source, i, risk_column) for i, row in enumerate(raw, start=1)]
 
 
