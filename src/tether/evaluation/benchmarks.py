@@ -5,7 +5,8 @@
 - `xstest`: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe contrast prompts;
 - `gsm8k`: test questions, exact match of the final number;
 - `alpaca_eval`: 805 instructions; generations, and judge scores when a judge is given.
-`NAME:N` keeps the first N prompts (per label for `xstest`).
+`NAME:N` keeps N prompts evenly spread over the set (per label for `xstest`), so that a small sample covers every
+category of a set that is sorted by category; the first prompt is always kept.
 """
 
 from __future__ import annotations
@@ -51,17 +52,18 @@ def load_benchmark(spec: str, data_dir: str | None = None) -> Benchmark:
         return _hexphi(arg)
     limit = int(arg) if arg.isdigit() else None
     if name in ("harmbench", "advbench"):
-        return Benchmark(name, "harmful", load_prompts(name, data_dir)[:limit])
+        return Benchmark(name, "harmful", spread(load_prompts(name, data_dir), limit))
     if name == "alpaca_eval":
-        return Benchmark(name, "instructions", load_prompts("alpaca-eval", data_dir)[:limit])
+        return Benchmark(name, "instructions", spread(load_prompts("alpaca-eval", data_dir), limit))
     if name == "xstest":
-        safe, unsafe = load_prompts("xstest-safe", data_dir)[:limit], load_prompts("xstest-unsafe", data_dir)[:limit]
+        safe = spread(load_prompts("xstest-safe", data_dir), limit)
+        unsafe = spread(load_prompts("xstest-unsafe", data_dir), limit)
         return Benchmark(name, "xstest", safe + unsafe, labels=["safe"] * len(safe) + ["unsafe"] * len(unsafe))
     if name == "gsm8k":
         path = resolve_data_dir(data_dir) / "gsm8k" / "test.jsonl"
         if not path.is_file():
             raise TetherInputError(f"benchmark gsm8k expects {path}; pass --data_dir")
-        rows = read_rows(path)[:limit]
+        rows = spread(read_rows(path), limit)
         return Benchmark(
             name,
             "gsm8k",
@@ -73,6 +75,13 @@ def load_benchmark(spec: str, data_dir: str | None = None) -> Benchmark:
     raise TetherInputError(
         f"unknown benchmark {spec!r}; choose one of {', '.join(BENCHMARKS)} (hexphi:PATH), or pass a prompt file"
     )
+
+
+def spread(items: list, limit: int | None) -> list:
+    """`limit` items at evenly spaced positions (all of them when `limit` is None or not smaller)."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
 
 
 def _hexphi(path: str) -> Benchmark:
