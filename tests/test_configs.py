@@ -1,4 +1,5 @@
-"""Every shipped config parses into the three dataclasses."""
+"""Every shipped config parses: training configs into the three dataclasses, bench configs into a BenchConfig whose
+every run's settings parse as a `tether train` config."""
 
 from pathlib import Path
 
@@ -6,7 +7,9 @@ import pytest
 
 from tether.cli.train import make_parser
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+BENCH_CONFIGS = sorted((ROOT / "configs" / "bench").glob("*.yaml")) + [ROOT / "src/tether/bench/demo.yaml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -18,3 +21,21 @@ def test_config_parses(path):
 
 def test_configs_exist():
     assert {"tiny.yaml", "demo.yaml"} <= {p.name for p in CONFIGS}
+
+
+@pytest.mark.parametrize("path", BENCH_CONFIGS, ids=[p.name for p in BENCH_CONFIGS])
+def test_bench_config_parses(path, tmp_path):
+    import yaml
+
+    from tether.bench.config import load_bench_config
+
+    bench = load_bench_config(path)
+    for scenario, method, seed in bench.runs():
+        settings = {**bench.train, **scenario.train, **method.train, "seed": seed, "dataset": "tiny-synthetic"}
+        if settings.get("critic") == "probe":
+            settings["probe_path"] = "probe"
+        if settings.get("critic") == "judge":
+            continue
+        config_file = tmp_path / "run.yaml"
+        config_file.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "run")}))
+        make_parser().parse(["--config", str(config_file)])
