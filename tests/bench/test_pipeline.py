@@ -74,10 +74,10 @@ def test_report_rebuilds_from_disk(bench_dir):
 
 def test_utility_kept_and_seed_spread_by_hand():
     runs = [
-        {"scenario": "s", "method": "SFT", "seed": 0, "family": None, "x": None, "utility_nll": 1.0},
-        {"scenario": "s", "method": "SFT", "seed": 1, "family": None, "x": None, "utility_nll": 1.2},
-        {"scenario": "s", "method": "A", "seed": 0, "family": None, "x": None, "utility_nll": 1.5},
-        {"scenario": "s", "method": "A", "seed": 1, "family": None, "x": None, "utility_nll": 1.2},
+        {"scenario": "s", "method": "SFT", "seed": 0, "attack": "mixed", "family": None, "x": None, "utility_nll": 1.0},
+        {"scenario": "s", "method": "SFT", "seed": 1, "attack": "mixed", "family": None, "x": None, "utility_nll": 1.2},
+        {"scenario": "s", "method": "A", "seed": 0, "attack": "mixed", "family": None, "x": None, "utility_nll": 1.5},
+        {"scenario": "s", "method": "A", "seed": 1, "attack": "mixed", "family": None, "x": None, "utility_nll": 1.2},
     ]
     _add_utility_kept(runs, {"utility_nll": 2.0})
     assert [r["utility_kept"] for r in runs] == pytest.approx([1.0, 1.0, 0.5, 1.0])
@@ -143,7 +143,13 @@ def test_second_config_in_the_same_directory_reuses_stages_and_joins_the_report(
     copy = tmp_path / "out"
     shutil.copytree(bench_dir, copy)
     shutil.copy(bench_dir.parent / "bench.yaml", tmp_path / "first.yaml")
-    second = {"base": "first.yaml", "scenarios": [{"name": "pure-small", "n_harmful": 3, "methods": ["SFT"]}]}
+    second = {
+        "base": "first.yaml",
+        "scenarios": [
+            {"name": "pure-small", "n_harmful": 3, "methods": ["SFT"]},
+            {"name": "pure", "harmful": "pure-bad", "n_harmful": 6, "methods": ["C-SFT"]},  # cached; list merged
+        ],
+    }
     (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
     assert main(["bench", "--config", str(tmp_path / "second.yaml"), "--out_dir", str(copy)]) == 0
     err = capsys.readouterr().err

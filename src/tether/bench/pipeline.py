@@ -83,12 +83,21 @@ class Bench:
         """`bench.yaml`: this config, plus the scenarios and methods of earlier configs run into the same directory
         (by name; this config's win), so that the report covers every run on disk."""
         mine = _as_dict(self.config)
+        for scenario in mine["scenarios"]:  # spell out "every method" before mixing in other configs' methods
+            scenario["methods"] = scenario["methods"] or [m["name"] for m in mine["methods"]]
         path = self.out / "bench.yaml"
         if path.is_file():
             earlier = yaml.safe_load(path.read_text()) or {}
-            for key in ("scenarios", "methods"):
-                names = {item["name"] for item in mine[key]}
-                mine[key] = [item for item in earlier.get(key, []) if item["name"] not in names] + mine[key]
+            names = {m["name"] for m in mine["methods"]}
+            mine["methods"] = [m for m in earlier.get("methods", []) if m["name"] not in names] + mine["methods"]
+            by_name = {s["name"]: s for s in mine["scenarios"]}
+            for old in earlier.get("scenarios", []):
+                if old["name"] in by_name:  # the same scenario run with other methods: keep both lists
+                    methods = by_name[old["name"]]["methods"]
+                    methods[:0] = [m for m in old["methods"] or [] if m not in methods]
+            mine["scenarios"] = [s for s in earlier.get("scenarios", []) if s["name"] not in by_name] + mine[
+                "scenarios"
+            ]
         path.write_text(yaml.safe_dump(mine, sort_keys=False))
 
     def check_selection(self, scenarios, methods) -> None:
