@@ -73,6 +73,24 @@ def test_left_and_right_padding_give_the_same_features(tiny_model, tokenizer, ro
     torch.testing.assert_close(alone, right, rtol=1e-4, atol=1e-5)
 
 
+def test_features_stop_after_the_deepest_layer_and_match_a_full_forward(tiny_model, tokenizer, rows):
+    """Reading layer 1 of 2 skips block 2 and the LM head; the states equal those of a full forward."""
+    prompts = prompts_of(rows[:3])
+    calls = []
+    handles = [
+        tiny_model.lm_head.register_forward_hook(lambda *a: calls.append("head")),
+        tiny_model.model.layers[1].register_forward_hook(lambda *a: calls.append("block 2")),
+    ]
+    try:
+        early = prompt_features(tiny_model, tokenizer, prompts, [1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == []
+    full = prompt_features(tiny_model, tokenizer, prompts, [1, 2])[:, :1]
+    torch.testing.assert_close(early, full)
+
+
 def test_save_load_scores_identically(tiny_probe, tiny_model, tokenizer, rows, tmp_path):
     tiny_probe.save(tmp_path / "probe")
     loaded = LinearProbe.load(tmp_path / "probe")

@@ -73,7 +73,8 @@ def main(argv: list[str]) -> int:
     if probe is not None:
         probe.check_model(model, tokenizer)
     position = args.position if args.verb == "fit" else probe.position
-    bank = FeatureBank(model, tokenizer, args.data_dir, args.batch_size, position)
+    layers = None if args.verb == "eval" and args.sweep else args.layers if args.verb == "fit" else probe.layers
+    bank = FeatureBank(model, tokenizer, args.data_dir, args.batch_size, position, layers)
 
     if args.verb == "fit":
         from tether.critics.probe import check_layers

@@ -78,6 +78,27 @@ def capture_layer_states(model, layers: list[int], rows: torch.Tensor, cols: tor
             handle.remove()
 
 
+class StopForward(Exception):
+    """Raised by `stop_after_layer` once the deepest layer a probe reads has run."""
+
+
+@contextlib.contextmanager
+def stop_after_layer(model, layer: int):
+    """While active, a forward of `model` stops (raises `StopForward`) right after hidden_states[layer] is computed:
+    the blocks above it and the LM head, unused by a probe, are skipped. Register after `capture_layer_states`."""
+    decoder = decoder_of(model)
+    module = decoder.embed_tokens if layer == 0 else decoder.layers[layer - 1]
+
+    def stop(module, args, output):
+        raise StopForward
+
+    handle = module.register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def stack_layers(captured: dict[int, torch.Tensor], layers: list[int]) -> torch.Tensor:
     return torch.stack([captured[layer] for layer in layers], dim=1)  # (n, L, d)
 
@@ -153,13 +174,19 @@ def last_token_features(
             position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
             rows = torch.arange(len(chunk))
             cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token
-            with capture_layer_states(model, layers, rows.to(device), cols.to(device)) as captured:
-                model(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    position_ids=position_ids.to(device),
-                    use_cache=False,
-                )
+            with (
+                capture_layer_states(model, layers, rows.to(device), cols.to(device)) as captured,
+                stop_after_layer(model, max(layers)),
+            ):
+                try:
+                    model(
+                        input_ids=input_ids.to(device),
+                        attention_mask=attention_mask.to(device),
+                        position_ids=position_ids.to(device),
+                        use_cache=False,
+                    )
+                except StopForward:
+                    pass
             out.append(stack_layers(captured, layers).cpu())
     finally:
         model.train(was_training)

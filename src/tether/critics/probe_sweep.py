@@ -28,12 +28,21 @@ from tether.errors import TetherInputError
 class FeatureBank:
     """Features of every layer for named sources, extracted once each (at the last prompt or response token)."""
 
-    def __init__(self, model, tokenizer, data_dir: str | None = None, batch_size: int = 16, position: str = "prompt"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        data_dir: str | None = None,
+        batch_size: int = 16,
+        position: str = "prompt",
+        layers: list[int] | None = None,
+    ):
         """`position`: `prompt` reads prompt sets at the last prompt token; `response` reads chat data (prompt and
-        response) at the last response token."""
+        response) at the last response token. `layers`: extract only these (default every layer), so the forward
+        stops after the deepest one; `bank(source, layers)` then indexes hidden-state numbers, not positions."""
         self.model, self.tokenizer, self.data_dir, self.batch_size = model, tokenizer, data_dir, batch_size
         self.position = position
-        self.all_layers = list(range(num_blocks(model) + 1))
+        self.all_layers = sorted(layers) if layers else list(range(num_blocks(model) + 1))
         self.cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, source: str, layers: list[int] | None = None) -> torch.Tensor:
@@ -50,7 +59,7 @@ class FeatureBank:
                     self.model, self.tokenizer, prompts, self.all_layers, self.batch_size, desc=source
                 )
         features = self.cache[source]
-        return features if layers is None else features[:, layers]
+        return features if layers is None else features[:, [self.all_layers.index(layer) for layer in layers]]
 
     def many(self, sources: list[str], layers: list[int] | None = None) -> torch.Tensor:
         return torch.cat([self(source, layers) for source in sources])
