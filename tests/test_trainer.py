@@ -62,6 +62,17 @@ def test_per_example_and_per_batch_weights(tokenizer, rows, tmp_path):
         assert metrics["critic/risk_mean"][0] == pytest.approx(0.5)
 
 
+def test_risk_saturation_stretches_the_risk_and_gate_sets_alpha(tokenizer, rows, tmp_path):
+    """critic_value 0.2 with risk_saturation 0.4 -> s = 0.5 -> β = 0.5, α = 1 − s = 0.5 (alpha_mode gate)."""
+    config = make_config(tmp_path, regularizer="adaptive", critic="constant", critic_value=0.2, risk_saturation=0.4)
+    trainer = make_trainer(build_tiny_model(len(tokenizer)), tokenizer, rows[:4], config)
+    trainer.compute_loss(trainer.model, one_batch(trainer))
+    metrics = trainer._metrics["train"]
+    assert metrics["critic/risk_mean"][0] == pytest.approx(0.5)
+    assert metrics["weights/beta_mean"][0] == pytest.approx(0.5)
+    assert metrics["weights/alpha_mean"][0] == pytest.approx(0.5)
+
+
 def lora_after_one_step(tokenizer, rows, tmp_path, batch_size, accumulation):
     config = make_config(
         tmp_path,

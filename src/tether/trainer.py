@@ -46,6 +46,10 @@ class TetherConfig(SFTConfig):
         (α = 1). Under `regularizer: fixed` there is no risk, and `gate` means `paper` (α = 1 − β).
     weight_map (`str`, defaults to `"linear"`):
         `linear`, or `official`: β = clamp((r − 2)/3) with r = 1 + 4s, the official code's map.
+    risk_saturation (`float`, defaults to `1.0`):
+        A critic's risk at or above this value counts as fully risky: s ← min(1, s / risk_saturation). For a
+        critic whose scores are ranked well but run low on the data at hand (a probe's calibrated P(harmful) on
+        prompts unlike its fit set); set it from benign data, e.g. the critic's 95th percentile on the benign task.
     risk_ema (`float`, defaults to `0.0`):
         λ of an EMA on the risk, updated once per micro-batch; 0 disables it, 0.9 is a sensible value.
     granularity (`str`, defaults to `"example"`):
@@ -92,6 +96,9 @@ class TetherConfig(SFTConfig):
     alpha_mode: str = field(default="paper", metadata={"help": "complement (1 - beta), one, or gate (1 - risk)."})
     weight_map: str = field(default="linear", metadata={"help": "linear or official (the paper's code)."})
     risk_ema: float = field(default=0.0, metadata={"help": "EMA lambda on the risk; 0 disables it."})
+    risk_saturation: float = field(
+        default=1.0, metadata={"help": "Risk at or above this counts as 1: s <- min(1, s / risk_saturation)."}
+    )
     granularity: str = field(default="example", metadata={"help": "example or batch."})
     kl_direction: str = field(default="forward", metadata={"help": "forward KL(ref||policy) or reverse."})
     kl_scale: float = field(default=1.0, metadata={"help": "Multiplier of the KL term."})
@@ -143,6 +150,8 @@ class TetherConfig(SFTConfig):
             raise TetherInputError("judge_generations_every needs regularizer adaptive with critic judge")
         if self.regularizer == "adaptive" and self.critic == "judge" and not (self.judge_url and self.judge_model):
             raise TetherInputError("critic 'judge' needs judge_url and judge_model (an OpenAI-compatible server)")
+        if not 0.0 < self.risk_saturation <= 1.0:
+            raise TetherInputError(f"risk_saturation must be in (0, 1], got {self.risk_saturation}")
         if not 0.0 <= self.risk_ema < 1.0:
             raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")
         if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
@@ -240,6 +249,7 @@ class TetherTrainer(SFTTrainer):
             scores = self.critic.score(inputs) if self.critic else torch.zeros(batch_size, device=rows.device)
             if self.generation_risk is not None:  # the judge's verdict on the policy's own generations
                 scores = scores.clamp(min=self.generation_risk)
+            scores = (scores / self.args.risk_saturation).clamp(max=1.0)  # (B,)
             step_scores = self.accelerator.gather(scores)  # (B · processes,)
             alpha, beta = self.weights(scores, step_scores)  # (B,), (B,)
 
