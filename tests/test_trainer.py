@@ -62,15 +62,17 @@ def test_per_example_and_per_batch_weights(tokenizer, rows, tmp_path):
         assert metrics["critic/risk_mean"][0] == pytest.approx(0.5)
 
 
-def test_risk_saturation_stretches_the_risk_and_gate_sets_alpha(tokenizer, rows, tmp_path):
-    """critic_value 0.2 with risk_saturation 0.4 -> s = 0.5 -> β = 0.5, α = 1 − s = 0.5 (alpha_mode gate)."""
-    config = make_config(tmp_path, regularizer="adaptive", critic="constant", critic_value=0.2, risk_saturation=0.4)
+def test_risk_saturation_stretches_the_risk_and_the_default_gate_sets_alpha(tokenizer, rows, tmp_path):
+    """critic_value 0.2 with risk_saturation 0.5 -> s = 0.4 -> β = 0.42; the default alpha_mode (gate) gives
+    α = 1 − s = 0.6, where the paper's α = 1 − β would be 0.58."""
+    config = make_config(tmp_path, regularizer="adaptive", critic="constant", critic_value=0.2, risk_saturation=0.5)
+    assert config.alpha_mode == "gate"
     trainer = make_trainer(build_tiny_model(len(tokenizer)), tokenizer, rows[:4], config)
     trainer.compute_loss(trainer.model, one_batch(trainer))
     metrics = trainer._metrics["train"]
-    assert metrics["critic/risk_mean"][0] == pytest.approx(0.5)
-    assert metrics["weights/beta_mean"][0] == pytest.approx(0.5)
-    assert metrics["weights/alpha_mean"][0] == pytest.approx(0.5)
+    assert metrics["critic/risk_mean"][0] == pytest.approx(0.4)
+    assert metrics["weights/beta_mean"][0] == pytest.approx(0.42)
+    assert metrics["weights/alpha_mean"][0] == pytest.approx(0.6)
 
 
 def lora_after_one_step(tokenizer, rows, tmp_path, batch_size, accumulation):

@@ -93,7 +93,7 @@ class TetherConfig(SFTConfig):
     beta_max: float = field(default=0.9, metadata={"help": "Beta at risk 1."})
     beta_clamp_min: float = field(default=0.1, metadata={"help": "Lower clamp of beta."})
     beta_clamp_max: float = field(default=0.9, metadata={"help": "Upper clamp of beta."})
-    alpha_mode: str = field(default="paper", metadata={"help": "complement (1 - beta), one, or gate (1 - risk)."})
+    alpha_mode: str = field(default="gate", metadata={"help": "gate (1 - risk), paper (1 - beta) or one."})
     weight_map: str = field(default="linear", metadata={"help": "linear or official (the paper's code)."})
     risk_ema: float = field(default=0.0, metadata={"help": "EMA lambda on the risk; 0 disables it."})
     risk_saturation: float = field(
