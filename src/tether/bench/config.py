@@ -26,11 +26,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from tether.errors import TetherInputError
+
+DEMO_CONFIG = resources.files("tether.bench") / "demo.yaml"  # the embedded config of `tether demo`, `base: demo`
 
 
 @dataclass
@@ -120,9 +123,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     if "base" in raw:  # `base: demo` (the embedded demo config) or a path relative to this file
         base = raw.pop("base")
         if base == "demo":
-            from importlib import resources
-
-            base_raw = yaml.safe_load((resources.files("tether.bench") / "demo.yaml").read_text())
+            base_raw = yaml.safe_load(DEMO_CONFIG.read_text())
         else:
             base_path = path.parent / base
             if not base_path.is_file():

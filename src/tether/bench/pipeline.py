@@ -201,8 +201,7 @@ class Bench:
         if self.cached(f"eval__{key}", final / "results.json", record):
             log(f"eval {key}: cached")
             return final
-        staging = self.fresh_staging(final)
-        staging.rmdir()  # `tether eval` creates it
+        staging = self.fresh_staging(final, create=False)  # `tether eval` creates it
         argv = ["--model", model, "--benchmark", *spec.benchmarks, *(extra or []), "--out", str(staging)]
         argv += ["--max_new_tokens", str(spec.max_new_tokens), "--batch_size", str(spec.batch_size)]
         nll_data = utility or spec.utility
@@ -241,10 +240,13 @@ class Bench:
     def data_dir_args(self) -> list[str]:
         return ["--data_dir", self.config.data_dir] if self.config.data_dir else []
 
-    def fresh_staging(self, final: Path) -> Path:
+    def fresh_staging(self, final: Path, create: bool = True) -> Path:
+        """`<final>.incomplete`, with whatever a killed run left there removed."""
         staging = final.with_name(final.name + ".incomplete")
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            staging.mkdir()
         return staging
 
     def write_data(self, name: str, rows: list[dict]) -> Path:

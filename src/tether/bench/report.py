@@ -8,6 +8,7 @@ Utility kept = (NLL_reference − NLL_method) / (NLL_reference − NLL_SFT) on t
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -282,19 +283,13 @@ def write_report(out: str | Path) -> Path:
     data = collect(out)
     rows = aggregate(data["runs"])
     report_dir = out / "report.incomplete"
-    if report_dir.exists():
-        import shutil
-
-        shutil.rmtree(report_dir)
+    shutil.rmtree(report_dir, ignore_errors=True)
     report_dir.mkdir(parents=True)
     data["plots"] = plot(data, rows, report_dir)
     results = {"initial": data["initial"], "rows": rows, "runs": data["runs"], "probe_eval": data["probe_eval"]}
     (report_dir / "results.json").write_text(json.dumps(results, indent=2))
     (report_dir / "report.md").write_text(markdown(data, rows))
     final = out / "report"
-    if final.exists():
-        import shutil
-
-        shutil.rmtree(final)
+    shutil.rmtree(final, ignore_errors=True)
     report_dir.rename(final)
     return final / "report.md"

@@ -4,11 +4,8 @@ align SmolLM2-135M-Instruct, fit the probe, attack it with the 100 pure-harmful 
 
 from __future__ import annotations
 
-from importlib import resources
-
+from tether.bench.config import DEMO_CONFIG
 from tether.cli.bench import make_parser, run
-
-DEMO_CONFIG = resources.files("tether.bench") / "demo.yaml"
 
 
 def main(argv: list[str]) -> int:

@@ -47,6 +47,12 @@ def num_blocks(model) -> int:
     return len(decoder_of(model).layers)
 
 
+def layer_module(model, layer: int):
+    """The module whose output is hidden_states[layer]: the embeddings for 0, else block `layer`."""
+    decoder = decoder_of(model)
+    return decoder.embed_tokens if layer == 0 else decoder.layers[layer - 1]
+
+
 def check_layers(model, layers: list[int]) -> None:
     n = num_blocks(model)
     bad = [layer for layer in layers if not 0 <= layer <= n]
@@ -60,11 +66,10 @@ def check_layers(model, layers: list[int]) -> None:
 @contextlib.contextmanager
 def capture_layer_states(model, layers: list[int], rows: torch.Tensor, cols: torch.Tensor):
     """While active, a forward of `model` stores hidden_states[ℓ] at (rows, cols) in `captured[ℓ]` (n, d) float32."""
-    decoder = decoder_of(model)
     captured: dict[int, torch.Tensor] = {}
     handles = []
     for layer in layers:
-        module = decoder.embed_tokens if layer == 0 else decoder.layers[layer - 1]
+        module = layer_module(model, layer)
 
         def keep(module, args, output, layer=layer):
             hidden = output[0] if isinstance(output, tuple) else output  # (B, T, d)
@@ -86,8 +91,7 @@ class StopForward(Exception):
 def stop_after_layer(model, layer: int):
     """While active, a forward of `model` stops (raises `StopForward`) right after hidden_states[layer] is computed:
     the blocks above it and the LM head, unused by a probe, are skipped. Register after `capture_layer_states`."""
-    decoder = decoder_of(model)
-    module = decoder.embed_tokens if layer == 0 else decoder.layers[layer - 1]
+    module = layer_module(model, layer)
 
     def stop(module, args, output):
         raise StopForward
