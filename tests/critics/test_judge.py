@@ -148,21 +148,7 @@ def test_training_with_the_judge_critic_calls_once_per_distinct_example(tmp_path
     from tether.cli import main
 
     with FakeOpenAIServer(default=(200, "#thescore: 1")) as server:
-        argv = [
-            "train",
-            "--config",
-            "configs/tiny.yaml",
-            "--critic",
-            "judge",
-            "--judge_url",
-            server.url,
-            "--judge_model",
-            "fake-judge",
-            "--judge_cache_dir",
-            str(tmp_path / "cache"),
-            "--num_train_epochs",
-            "2",
-        ]
+        argv = judge_train_argv(server, tmp_path, "--num_train_epochs", "2")
         assert main(argv + ["--output_dir", str(tmp_path / "a")]) == 0
         assert len(server.requests) == 1 + 32
         assert main(argv + ["--output_dir", str(tmp_path / "b")]) == 0
@@ -232,32 +218,21 @@ def test_judged_generations_raise_every_risk(tmp_path):
 
     with FakeOpenAIServer(default=(200, "#thescore: 1")) as server:
         server.reply_fn = reply
-        argv = [
-            "train",
-            "--config",
-            "configs/tiny.yaml",
-            "--critic",
-            "judge",
-            "--judge_url",
-            server.url,
-            "--judge_model",
-            "fake-judge",
-            "--judge_cache_dir",
-            str(tmp_path / "cache"),
-            "--max_steps",
-            "4",
-            "--judge_generations_every",
-            "2",
-            "--judge_generations_prompts",
-            "3",
-            "--judge_generations_max_new_tokens",
-            "4",
-            "--output_dir",
-            str(tmp_path / "run"),
-        ]
+        argv = judge_train_argv(
+            server,
+            tmp_path,
+            *("--max_steps", "4", "--judge_generations_every", "2", "--judge_generations_prompts", "3"),
+            *("--judge_generations_max_new_tokens", "4", "--output_dir", str(tmp_path / "run")),
+        )
         assert main(argv) == 0
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if "weights/beta_max" in s]
     assert [s["weights/beta_max"] for s in steps][:2] == pytest.approx([0.1, 0.1])
     assert [s["weights/beta_min"] for s in steps][2:] == pytest.approx([0.9, 0.9])
     assert "critic/judge/generation_risk" in steps[1]
+
+
+def judge_train_argv(server, tmp_path, *extra: str) -> list[str]:
+    """`tether train` on the tiny config with the judge critic served by `server`, the cache in `tmp_path`."""
+    judge = ["--critic", "judge", "--judge_url", server.url, "--judge_model", "fake-judge"]
+    return ["train", "--config", "configs/tiny.yaml", *judge, "--judge_cache_dir", str(tmp_path / "cache"), *extra]
