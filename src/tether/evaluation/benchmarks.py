@@ -2,7 +2,8 @@
 
 - `harmbench` (200 standard behaviours), `advbench` (520), local prompt files: harmful; keyword ASR, judge scores;
 - `hexphi:PATH`: HEx-PHI, gated, so the user supplies its folder of `category_*.csv` files (one prompt per line);
-- `xstest`: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe contrast prompts;
+- `xstest`: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe contrast prompts; `xstest-safe`: the
+  safe prompts only (over-refusal at two thirds of the generation cost);
 - `gsm8k`: test questions, exact match of the final number;
 - `alpaca_eval`: 805 instructions; generations, and judge scores when a judge is given.
 `NAME:N` keeps N prompts evenly spread over the set (per label for `xstest`), so that a small sample covers every
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "advbench": "harmful",
     "hexphi": "harmful",
     "xstest": "xstest",
+    "xstest-safe": "xstest",
     "gsm8k": "gsm8k",
     "alpaca_eval": "instructions",
 }
@@ -55,9 +57,9 @@ def load_benchmark(spec: str, data_dir: str | None = None) -> Benchmark:
         return Benchmark(name, "harmful", spread(load_prompts(name, data_dir), limit))
     if name == "alpaca_eval":
         return Benchmark(name, "instructions", spread(load_prompts("alpaca-eval", data_dir), limit))
-    if name == "xstest":
+    if name in ("xstest", "xstest-safe"):
         safe = spread(load_prompts("xstest-safe", data_dir), limit)
-        unsafe = spread(load_prompts("xstest-unsafe", data_dir), limit)
+        unsafe = spread(load_prompts("xstest-unsafe", data_dir), limit) if name == "xstest" else []
         return Benchmark(name, "xstest", safe + unsafe, labels=["safe"] * len(safe) + ["unsafe"] * len(unsafe))
     if name == "gsm8k":
         path = resolve_data_dir(data_dir) / "gsm8k" / "test.jsonl"
