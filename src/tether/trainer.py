@@ -229,20 +229,27 @@ class TetherTrainer(SFTTrainer):
         probe_layers = getattr(self.critic, "layers", None) if self.critic else None
         ref_hidden = ref_head = None
         if self.reference is not None:
-            batch_rows = torch.arange(inputs["input_ids"].shape[0], device=rows.device)
-            if getattr(self.critic, "position", "prompt") == "response":
-                probe_at = inputs["attention_mask"].sum(1) - 1  # (B,) the last response token (right padding)
-            else:
-                probe_at = inputs["prompt_length"] - 1  # (B,): causal, so this state depends on the prompt only
+            position = getattr(self.critic, "position", "prompt")
+            batch_rows = torch.arange(inputs["input_ids"].shape[0], device=rows.device)  # (B,)
+            last_prompt = inputs["prompt_length"] - 1  # (B,): causal, so this state depends on the prompt only
+            last_response = inputs["attention_mask"].sum(1) - 1  # (B,) the last response token (right padding)
+            probe_rows, probe_at = {
+                "prompt": (batch_rows, last_prompt),
+                "response": (batch_rows, last_response),
+                "both": (batch_rows.repeat(2), torch.cat([last_prompt, last_response])),  # (2B,), (2B,)
+            }[position]
             with (
                 self.reference.active() as ref_model,
                 capture_head_inputs(ref_model, rows, cols) as reference,
-                capture_layer_states(ref_model, probe_layers or [], batch_rows, probe_at) as layer_states,
+                capture_layer_states(ref_model, probe_layers or [], probe_rows, probe_at) as layer_states,
             ):
                 ref_model(**forward_inputs, use_cache=False)
             ref_hidden, ref_head = reference["hidden"], linear_head(ref_model)  # (N, d)
             if probe_layers:
-                inputs = {**inputs, "reference_features": stack_layers(layer_states, probe_layers)}  # (B, L, d)
+                features = stack_layers(layer_states, probe_layers)  # (B, L, d), or (2B, L, d) for `both`
+                if position == "both":
+                    features = torch.cat(features.chunk(2), dim=1)  # (B, 2L, d): prompt states, then response
+                inputs = {**inputs, "reference_features": features}
 
         with torch.no_grad():
             batch_size = inputs["input_ids"].shape[0]

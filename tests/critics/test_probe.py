@@ -13,6 +13,7 @@ from tether.critics.probe import (
     fit_probe,
     model_fingerprint,
     pool,
+    pool_positions,
     probe_metrics,
     prompt_features,
 )
@@ -48,6 +49,11 @@ def test_pooling_shapes():
     assert pool(features, "max").shape == (5, 8)
     assert pool(features, "concat").shape == (5, 24)
     torch.testing.assert_close(pool(features, "weighted", torch.tensor([0.0, 0.0, 1.0])), features[:, 2])
+    both = torch.randn(5, 6, 8)  # (n, 2L, d): the prompt's 3 layers, then the response's
+    torch.testing.assert_close(pool_positions(both, "last-layer", position="both"), both[:, [2, 5]].flatten(1))
+    assert pool_positions(both, "concat", position="both").shape == (5, 48)
+    with pytest.raises(TetherInputError, match="does not combine with position 'both'"):
+        fit_probe(both, both, [1, 2, 3], "weighted", position="both")
 
 
 def test_auroc_on_a_separable_synthetic_set():
@@ -224,25 +230,27 @@ def test_cli_fit_eval_score(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_response_position_in_training_equals_response_features(tiny_model, tokenizer, rows, tmp_path):
-    """`position: response`: the risk read at each example's last response token in the reference pass equals
-    scoring `response_features` of the same rows (prompt + response) one batch apart."""
-    from tether.critics.probe import response_features
+@pytest.mark.parametrize("position", ["response", "both"])
+def test_response_position_in_training_equals_chat_row_features(position, tiny_model, tokenizer, rows, tmp_path):
+    """`position: response` (or `both`): the risk read at each example's last response token (and last prompt token)
+    in the reference pass equals scoring `chat_row_features` of the same rows (prompt + response) one batch apart."""
+    from tether.critics.probe import chat_row_features
 
     flagged, benign = rows[-8:], rows[:24]
     probe = fit_probe(
-        response_features(tiny_model, tokenizer, flagged, LAYERS),
-        response_features(tiny_model, tokenizer, benign, LAYERS),
+        chat_row_features(tiny_model, tokenizer, flagged, LAYERS, position),
+        chat_row_features(tiny_model, tokenizer, benign, LAYERS, position),
         LAYERS,
         "mean",
         C=1.0,
+        position=position,
     )
-    probe.position = "response"
+    assert probe.coef.shape == (tiny_model.config.hidden_size * (2 if position == "both" else 1),)
     probe.metadata["model"] = model_fingerprint(tiny_model, tokenizer)
     probe.save(tmp_path / "probe")
-    assert LinearProbe.load(tmp_path / "probe").position == "response"
+    assert LinearProbe.load(tmp_path / "probe").position == position
     batch_rows = [rows[0], rows[-1], rows[7], rows[-4]]
-    expected = probe.score(response_features(tiny_model, tokenizer, batch_rows, LAYERS))
+    expected = probe.score(chat_row_features(tiny_model, tokenizer, batch_rows, LAYERS, position))
     config = make_config(tmp_path, regularizer="adaptive", critic="probe", probe_path=str(tmp_path / "probe"))
     trainer = make_trainer(tiny_model, tokenizer, batch_rows, config)
     seen = []
@@ -252,7 +260,8 @@ def test_response_position_in_training_equals_response_features(tiny_model, toke
     torch.testing.assert_close(seen[0], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_cli_fit_response_position(tmp_path):
+@pytest.mark.parametrize("position", ["response", "both"])
+def test_cli_fit_response_position(position, tmp_path):
     harmful = tmp_path / "harmful.jsonl"
     benign = tmp_path / "benign.jsonl"
     harmful.write_text(
@@ -270,7 +279,7 @@ def test_cli_fit_response_position(tmp_path):
                 "--model",
                 "tiny-llama",
                 "--position",
-                "response",
+                position,
                 "--harmful",
                 str(harmful),
                 "--benign",
@@ -287,7 +296,7 @@ def test_cli_fit_response_position(tmp_path):
         )
         == 0
     )
-    assert json.loads((probe_dir / "probe.json").read_text())["position"] == "response"
+    assert json.loads((probe_dir / "probe.json").read_text())["position"] == position
     out = tmp_path / "risk.jsonl"
     assert main(["probe", "score", "--probe", str(probe_dir), "--data", str(harmful), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 12

@@ -33,9 +33,9 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--position",
         default="prompt",
-        choices=["prompt", "response"],
+        choices=["prompt", "response", "both"],
         help="prompt: last prompt token, sources are prompt sets; response: last response token, "
-        "sources are chat data with responses",
+        "sources are chat data with responses; both: the two positions' features side by side",
     )
     fit.add_argument("--out", required=True, help="probe directory to create")
 
@@ -122,13 +122,14 @@ def main(argv: list[str]) -> int:
     # score
     from tether.critics.probe_sweep import prompts_of
 
-    if probe.position == "response":
-        from tether.critics.probe import response_features
+    if probe.position in ("response", "both"):
+        from tether.critics.probe import chat_row_features
         from tether.critics.probe_sweep import load_chat_rows
 
         rows = load_chat_rows(args.data, args.data_dir)  # read once; features of the probe's layers only
         prompts = [row["messages"] for row in rows]
-        risks = probe.score(response_features(model, tokenizer, rows, probe.layers, args.batch_size)).tolist()
+        features = chat_row_features(model, tokenizer, rows, probe.layers, probe.position, args.batch_size)
+        risks = probe.score(features).tolist()
     else:
         prompts = prompts_of(args.data, args.data_dir)
         from tether.critics.probe import prompt_features

@@ -29,7 +29,7 @@ import torch
 from tether.errors import TetherInputError
 
 POOLINGS = ("last-layer", "mean", "max", "weighted", "concat")
-POSITIONS = ("prompt", "response")
+POSITIONS = ("prompt", "response", "both")
 PROBE_FORMAT = 1
 
 
@@ -143,6 +143,25 @@ def response_features(
     return last_token_features(model, tokenizer.pad_token_id, ids, layers, batch_size, desc)
 
 
+def chat_row_features(
+    model,
+    tokenizer,
+    rows: list[dict],
+    layers: list[int],
+    position: str,
+    batch_size: int = 16,
+    desc: str = "features",
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """Features of chat rows for a `response` probe, (n, L, d), or a `both` probe, (n, 2L, d): the L states at the
+    last prompt token followed by the L states at the last response token."""
+    response = response_features(model, tokenizer, rows, layers, batch_size, desc, max_length)
+    if position == "response":
+        return response
+    prompt = prompt_features(model, tokenizer, [row["messages"][:-1] for row in rows], layers, batch_size, desc)
+    return torch.cat([prompt, response], dim=1)  # (n, 2L, d)
+
+
 @torch.no_grad()
 def last_token_features(
     model,
@@ -212,6 +231,16 @@ def pool(features: torch.Tensor, pooling: str, layer_weights: torch.Tensor | Non
     raise TetherInputError(f"probe pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
 
 
+def pool_positions(
+    features: torch.Tensor, pooling: str, layer_weights: torch.Tensor | None = None, position: str = "prompt"
+) -> torch.Tensor:
+    """`pool`, except for `position: both`: (n, 2L, d) -> (n, 2F), each position's layers pooled on their own."""
+    if position != "both":
+        return pool(features, pooling, layer_weights)
+    prompt, response = features.chunk(2, dim=1)  # (n, L, d) each
+    return torch.cat([pool(prompt, pooling, layer_weights), pool(response, pooling, layer_weights)], dim=1)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Model fingerprint
 
@@ -252,11 +281,12 @@ class LinearProbe:
     platt_bias: float
     layer_weights: torch.Tensor | None = None  # (L,), for `weighted`
     metadata: dict = field(default_factory=dict)
-    position: str = "prompt"  # `prompt`: last prompt token; `response`: last response token
+    position: str = "prompt"  # `prompt`: last prompt token; `response`: last response token; `both`: the two
+
 
     def logit(self, features: torch.Tensor) -> torch.Tensor:
-        """features (n, L, d) -> uncalibrated logit (n,)."""
-        x = pool(features.float(), self.pooling, self.layer_weights)  # (n, F)
+        """features (n, L, d), or (n, 2L, d) for `position: both` -> uncalibrated logit (n,)."""
+        x = pool_positions(features.float(), self.pooling, self.layer_weights, self.position)  # (n, F)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x @ self.coef.to(x.device) + self.intercept
 
@@ -355,8 +385,10 @@ def fit_probe(
     seed: int = 0,
     standardize: bool = True,
     class_weight: str | None = "balanced",
+    position: str = "prompt",
 ) -> LinearProbe:
-    """Fit on features (n, L, d) of harmful and benign prompts. C=None picks it by 5-fold cross-validation.
+    """Fit on features (n, L, d) of harmful and benign prompts (n, 2L, d) for `position: both`, see
+    `chat_row_features`). C=None picks it by 5-fold cross-validation.
 
     A stratified `calibration_fraction` is held out: the logistic regression is fit on the rest, Platt scaling on it.
     `standardize=False` and `class_weight=None` exist for ablations (`benchmarks/probe_ablation.py`).
@@ -368,6 +400,10 @@ def fit_probe(
         raise TetherInputError("a probe needs at least one harmful and one benign prompt; both sets must be non-empty")
     if pooling not in POOLINGS:
         raise TetherInputError(f"probe pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+    if position not in POSITIONS:
+        raise TetherInputError(f"probe position must be one of {', '.join(POSITIONS)}; got {position!r}")
+    if position == "both" and pooling == "weighted":
+        raise TetherInputError("pooling 'weighted' does not combine with position 'both'; use mean, max or concat")
     features = torch.cat([harmful, benign]).float()  # (n, L, d)
     labels = np.r_[np.ones(len(harmful)), np.zeros(len(benign))]
     train, calib = train_test_split(
@@ -399,7 +435,7 @@ def fit_probe(
             if layer_weights.sum() > 0
             else torch.full_like(layer_weights, 1 / len(layers))
         )
-    x = pool(features, pooling, layer_weights).numpy()  # (n, F)
+    x = pool_positions(features, pooling, layer_weights, position).numpy()  # (n, F)
     mean, std = x[train].mean(0), x[train].std(0) + 1e-6
     if not standardize:
         mean, std = np.zeros_like(mean), np.ones_like(std)
@@ -428,6 +464,7 @@ def fit_probe(
         platt_scale=float(platt.coef_[0, 0]),
         platt_bias=float(platt.intercept_[0]),
         layer_weights=layer_weights,
+        position=position,
         metadata={
             "C": float(np.atleast_1d(getattr(model, "C_", [C]))[0]),
             "n_harmful": len(harmful),
@@ -471,8 +508,8 @@ class ProbeCritic:
     """`critic: probe`: risk = the probe's calibrated P(harmful) from the reference pass's last-prompt-token states.
 
     The trainer captures `reference_features` (B, L, d) for `self.layers` during its reference forward pass, at
-    `prompt_length − 1` (`position: prompt`) or at the last response token (`position: response`), and puts them in
-    the batch.
+    `prompt_length − 1` (`position: prompt`) or at the last response token (`position: response`), or (B, 2L, d) at
+    both (`position: both`), and puts them in the batch.
     """
 
     name = "probe"

@@ -18,8 +18,8 @@ from tether.critics.probe import (
     model_fingerprint,
     num_blocks,
     probe_metrics,
+    chat_row_features,
     prompt_features,
-    response_features,
 )
 from tether.data.prompts import load_prompts
 from tether.errors import TetherInputError
@@ -38,7 +38,7 @@ class FeatureBank:
         layers: list[int] | None = None,
     ):
         """`position`: `prompt` reads prompt sets at the last prompt token; `response` reads chat data (prompt and
-        response) at the last response token. `layers`: extract only these (default every layer), so the forward
+        response) at the last response token, `both` at the two (`chat_row_features`). `layers`: extract only these (default every layer), so the forward
         stops after the deepest one; `bank(source, layers)` then indexes hidden-state numbers, not positions."""
         self.model, self.tokenizer, self.data_dir, self.batch_size = model, tokenizer, data_dir, batch_size
         self.position = position
@@ -48,18 +48,23 @@ class FeatureBank:
     def __call__(self, source: str, layers: list[int] | None = None) -> torch.Tensor:
         """(n, len(layers), d) features of `source` (every layer if `layers` is None)."""
         if source not in self.cache:
-            if self.position == "response":
+            if self.position in ("response", "both"):
                 rows = load_chat_rows(source, self.data_dir)
-                self.cache[source] = response_features(
-                    self.model, self.tokenizer, rows, self.all_layers, self.batch_size, desc=source
+                self.cache[source] = chat_row_features(
+                    self.model, self.tokenizer, rows, self.all_layers, self.position, self.batch_size, desc=source
                 )
             else:
                 prompts = load_prompts(source, self.data_dir)
                 self.cache[source] = prompt_features(
                     self.model, self.tokenizer, prompts, self.all_layers, self.batch_size, desc=source
                 )
-        features = self.cache[source]
-        return features if layers is None else features[:, [self.all_layers.index(layer) for layer in layers]]
+        features = self.cache[source]  # (n, L, d), or (n, 2L, d) for `both`: the prompt's layers, then the response's
+        if layers is None:
+            return features
+        index = [self.all_layers.index(layer) for layer in layers]
+        if self.position == "both":
+            index += [len(self.all_layers) + i for i in index]
+        return features[:, index]
 
     def many(self, sources: list[str], layers: list[int] | None = None) -> torch.Tensor:
         return torch.cat([self(source, layers) for source in sources])
@@ -74,8 +79,9 @@ def fit_from_sources(
     C: float | None = None,
     seed: int = 0,
 ) -> LinearProbe:
-    probe = fit_probe(bank.many(harmful, layers), bank.many(benign, layers), layers, pooling, C=C, seed=seed)
-    probe.position = bank.position
+    probe = fit_probe(
+        bank.many(harmful, layers), bank.many(benign, layers), layers, pooling, C=C, seed=seed, position=bank.position
+    )
     probe.metadata.update(
         model=model_fingerprint(bank.model, bank.tokenizer),
         fit_sets={"harmful": harmful, "benign": benign},
@@ -119,6 +125,8 @@ def sweep(
         for pooling in poolings:
             if (len(layers) == 1) != (pooling == "last-layer"):
                 continue  # one layer: every pooling is the same; several: last-layer is a one-layer probe
+            if bank.position == "both" and pooling == "weighted":
+                continue
             probe = fit_from_sources(bank, fit_harmful, fit_benign, layers, pooling, C=C, seed=seed)
             result = evaluate(probe, bank, eval_harmful, eval_benign)
             aurocs = {s: m["auroc"] for s, m in result["per_harmful_set"].items()}
