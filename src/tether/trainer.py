@@ -238,10 +238,18 @@ class TetherTrainer(SFTTrainer):
                 "response": (batch_rows, last_response),
                 "both": (batch_rows.repeat(2), torch.cat([last_prompt, last_response])),  # (2B,), (2B,)
             }[position]
+            token_weights = None
+            if getattr(self.critic, "tokens", "last") == "mean":  # the mean over each prompt's tokens
+                in_prompt = (
+                    torch.arange(inputs["input_ids"].shape[1], device=rows.device) < inputs["prompt_length"][:, None]
+                )
+                token_weights = in_prompt.float() / inputs["prompt_length"][:, None]  # (B, T)
             with (
                 self.reference.active() as ref_model,
                 capture_head_inputs(ref_model, rows, cols) as reference,
-                capture_layer_states(ref_model, probe_layers or [], probe_rows, probe_at) as layer_states,
+                capture_layer_states(
+                    ref_model, probe_layers or [], probe_rows, probe_at, token_weights
+                ) as layer_states,
             ):
                 ref_model(**forward_inputs, use_cache=False)
             ref_hidden, ref_head = reference["hidden"], linear_head(ref_model)  # (N, d)

@@ -70,13 +70,16 @@ def test_auroc_on_a_separable_synthetic_set():
     assert 0.3 < scores.mean() < 0.7  # calibrated on a balanced set
 
 
-def test_left_and_right_padding_give_the_same_features(tiny_model, tokenizer, rows):
+@pytest.mark.parametrize("tokens", ["last", "mean"])
+def test_left_and_right_padding_give_the_same_features(tokens, tiny_model, tokenizer, rows):
     prompts = prompts_of(rows[::5])  # different lengths in one batch
-    right = prompt_features(tiny_model, tokenizer, prompts, LAYERS, padding_side="right")
-    left = prompt_features(tiny_model, tokenizer, prompts, LAYERS, padding_side="left")
-    alone = torch.cat([prompt_features(tiny_model, tokenizer, [p], LAYERS) for p in prompts])
+    right = prompt_features(tiny_model, tokenizer, prompts, LAYERS, padding_side="right", tokens=tokens)
+    left = prompt_features(tiny_model, tokenizer, prompts, LAYERS, padding_side="left", tokens=tokens)
+    alone = torch.cat([prompt_features(tiny_model, tokenizer, [p], LAYERS, tokens=tokens) for p in prompts])
     torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(alone, right, rtol=1e-4, atol=1e-5)
+    if tokens == "mean":  # not the last token's state
+        assert not torch.allclose(right, prompt_features(tiny_model, tokenizer, prompts, LAYERS))
 
 
 def test_features_stop_after_the_deepest_layer_and_match_a_full_forward(tiny_model, tokenizer, rows):
@@ -125,12 +128,15 @@ def test_empty_set_and_layer_out_of_range(tiny_model):
         check_layers(tiny_model, [3])
 
 
-def test_in_training_risk_equals_probe_score(tiny_probe, tiny_model, tokenizer, rows, tmp_path):
+@pytest.mark.parametrize("tokens", ["last", "mean"])
+def test_in_training_risk_equals_probe_score(tokens, tiny_probe, tiny_model, tokenizer, rows, tmp_path):
     """The risk read from the reference pass (prompt + response, right-padded batch) equals scoring the prompts
-    alone, example by example."""
+    alone, example by example; with `tokens: mean` too (the mean over the prompt's tokens, not the response's)."""
+    tiny_probe.tokens = tokens
     tiny_probe.save(tmp_path / "probe")
     batch_rows = [rows[0], rows[-1], rows[7], rows[-4]]
-    expected = tiny_probe.score(prompt_features(tiny_model, tokenizer, prompts_of(batch_rows), LAYERS))
+    features = prompt_features(tiny_model, tokenizer, prompts_of(batch_rows), LAYERS, tokens=tokens)
+    expected = tiny_probe.score(features)
     config = make_config(tmp_path, regularizer="adaptive", critic="probe", probe_path=str(tmp_path / "probe"))
     trainer = make_trainer(tiny_model, tokenizer, batch_rows, config)
     seen = []
@@ -300,3 +306,23 @@ def test_cli_fit_response_position(position, tmp_path):
     out = tmp_path / "risk.jsonl"
     assert main(["probe", "score", "--probe", str(probe_dir), "--data", str(harmful), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 12
+
+
+def test_cli_fit_mean_over_prompt_tokens(tmp_path, capsys):
+    """`--tokens mean` is recorded in the probe and used by `score`; it needs position prompt."""
+    harmful, benign = tmp_path / "harmful.txt", tmp_path / "benign.txt"
+    harmful.write_text("\n".join(f"placeholder request number {i}" for i in range(12)))
+    benign.write_text("\n".join(f"add {i} and {i + 1}" for i in range(12)))
+    fit = ["probe", "fit", "--model", "tiny-llama", "--harmful", str(harmful), "--benign", str(benign)]
+    fit += ["--layers", "2", "--pooling", "last-layer", "--C", "1.0", "--tokens", "mean"]
+    assert main([*fit, "--out", str(tmp_path / "probe")]) == 0
+    assert json.loads((tmp_path / "probe" / "probe.json").read_text())["tokens"] == "mean"
+    out = tmp_path / "risk.jsonl"
+    assert (
+        main(["probe", "score", "--probe", str(tmp_path / "probe"), "--data", "tiny-synthetic", "--out", str(out)]) == 0
+    )
+    risks = [json.loads(line)["risk"] for line in out.read_text().splitlines()]
+    assert len(risks) == 32 and np.mean(risks[-8:]) > np.mean(risks[:24])  # the flagged rows score higher
+    capsys.readouterr()
+    assert main([*fit, "--position", "response", "--out", str(tmp_path / "bad")]) == 2
+    assert "`mean` with position prompt" in capsys.readouterr().err and not (tmp_path / "bad").exists()

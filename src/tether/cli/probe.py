@@ -37,6 +37,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="prompt: last prompt token, sources are prompt sets; response: last response token, "
         "sources are chat data with responses; both: the two positions' features side by side",
     )
+    fit.add_argument(
+        "--tokens",
+        default="last",
+        choices=["last", "mean"],
+        help="position prompt: the last prompt token's state (the paper) or the mean over the prompt's tokens",
+    )
     fit.add_argument("--out", required=True, help="probe directory to create")
 
     evaluate = verbs.add_parser("eval", parents=[common], help="AUROC and recall at low FPR on named sets")
@@ -74,7 +80,8 @@ def main(argv: list[str]) -> int:
         probe.check_model(model, tokenizer)
     position = args.position if args.verb == "fit" else probe.position
     layers = None if args.verb == "eval" and args.sweep else args.layers if args.verb == "fit" else probe.layers
-    bank = FeatureBank(model, tokenizer, args.data_dir, args.batch_size, position, layers)
+    tokens = args.tokens if args.verb == "fit" else probe.tokens
+    bank = FeatureBank(model, tokenizer, args.data_dir, args.batch_size, position, layers, tokens)
 
     if args.verb == "fit":
         from tether.critics.probe import check_layers
@@ -134,7 +141,8 @@ def main(argv: list[str]) -> int:
         prompts = prompts_of(args.data, args.data_dir)
         from tether.critics.probe import prompt_features
 
-        risks = probe.score(prompt_features(model, tokenizer, prompts, probe.layers, args.batch_size)).tolist()
+        features = prompt_features(model, tokenizer, prompts, probe.layers, args.batch_size, tokens=probe.tokens)
+        risks = probe.score(features).tolist()
     out = Path(args.out)
     staging = out.with_name(out.name + ".incomplete")
     with staging.open("w") as f:

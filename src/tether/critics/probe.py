@@ -30,6 +30,7 @@ from tether.errors import TetherInputError
 
 POOLINGS = ("last-layer", "mean", "max", "weighted", "concat")
 POSITIONS = ("prompt", "response", "both")
+TOKEN_POOLINGS = ("last", "mean")  # over a prompt's tokens: its last one, or the mean of all of them
 PROBE_FORMAT = 1
 
 
@@ -64,8 +65,11 @@ def check_layers(model, layers: list[int]) -> None:
 
 
 @contextlib.contextmanager
-def capture_layer_states(model, layers: list[int], rows: torch.Tensor, cols: torch.Tensor):
-    """While active, a forward of `model` stores hidden_states[ℓ] at (rows, cols) in `captured[ℓ]` (n, d) float32."""
+def capture_layer_states(
+    model, layers: list[int], rows: torch.Tensor, cols: torch.Tensor, token_weights: torch.Tensor | None = None
+):
+    """While active, a forward of `model` stores hidden_states[ℓ] at (rows, cols) in `captured[ℓ]` (n, d) float32;
+    with `token_weights` (n, T), the weighted sum over positions of batch row `rows` instead (`cols` unused)."""
     captured: dict[int, torch.Tensor] = {}
     handles = []
     for layer in layers:
@@ -73,7 +77,10 @@ def capture_layer_states(model, layers: list[int], rows: torch.Tensor, cols: tor
 
         def keep(module, args, output, layer=layer):
             hidden = output[0] if isinstance(output, tuple) else output  # (B, T, d)
-            captured[layer] = hidden[rows, cols].detach().float()  # (n, d)
+            if token_weights is None:
+                captured[layer] = hidden[rows, cols].detach().float()  # (n, d)
+            else:
+                captured[layer] = torch.einsum("nt,ntd->nd", token_weights, hidden[rows].detach().float())
 
         handles.append(module.register_forward_hook(keep))
     try:
@@ -115,13 +122,15 @@ def prompt_features(
     batch_size: int = 16,
     desc: str = "features",
     padding_side: str = "right",
+    tokens: str = "last",
 ) -> torch.Tensor:
-    """Hidden states of `layers` at each prompt's last token (after the generation prompt): (n, L, d) float32."""
+    """Hidden states of `layers` at each prompt's last token (after the generation prompt), or their mean over the
+    prompt's tokens (`tokens="mean"`): (n, L, d) float32."""
     ids = [
         list(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
         for p in prompts
     ]
-    return last_token_features(model, tokenizer.pad_token_id, ids, layers, batch_size, desc, padding_side)
+    return last_token_features(model, tokenizer.pad_token_id, ids, layers, batch_size, desc, padding_side, tokens)
 
 
 def response_features(
@@ -171,8 +180,10 @@ def last_token_features(
     batch_size: int = 16,
     desc: str = "features",
     padding_side: str = "right",
+    tokens: str = "last",
 ) -> torch.Tensor:
-    """Hidden states of `layers` at the last token of each token sequence: (n, L, d) float32.
+    """Hidden states of `layers` at the last token of each token sequence (or their mean over the sequence's tokens,
+    `tokens="mean"`): (n, L, d) float32.
 
     With right padding the last token of row i sits at len_i − 1; with left padding at T − 1, and position ids are
     counted over the attention mask so that padding does not shift them.
@@ -197,8 +208,11 @@ def last_token_features(
             position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
             rows = torch.arange(len(chunk))
             cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token
+            weights = attention_mask / attention_mask.sum(1, keepdim=True) if tokens == "mean" else None  # (B, T)
             with (
-                capture_layer_states(model, layers, rows.to(device), cols.to(device)) as captured,
+                capture_layer_states(
+                    model, layers, rows.to(device), cols.to(device), weights if weights is None else weights.to(device)
+                ) as captured,
                 stop_after_layer(model, max(layers)),
             ):
                 try:
@@ -282,7 +296,7 @@ class LinearProbe:
     layer_weights: torch.Tensor | None = None  # (L,), for `weighted`
     metadata: dict = field(default_factory=dict)
     position: str = "prompt"  # `prompt`: last prompt token; `response`: last response token; `both`: the two
-
+    tokens: str = "last"  # `position: prompt` only: `mean` averages the states over the prompt's tokens
 
     def logit(self, features: torch.Tensor) -> torch.Tensor:
         """features (n, L, d), or (n, 2L, d) for `position: both` -> uncalibrated logit (n,)."""
@@ -313,6 +327,7 @@ class LinearProbe:
                 "layers": self.layers,
                 "pooling": self.pooling,
                 "position": self.position,
+                "tokens": self.tokens,
                 "intercept": self.intercept,
                 "platt_scale": self.platt_scale,
                 "platt_bias": self.platt_bias,
@@ -345,14 +360,19 @@ class LinearProbe:
                 platt_bias=float(meta.pop("platt_bias")),
                 layer_weights=tensors.get("layer_weights"),
                 position=meta.pop("position", "prompt"),
+                tokens=meta.pop("tokens", "last"),
                 metadata=meta,
             )
         except (json.JSONDecodeError, SafetensorError, KeyError, ValueError, TypeError) as error:
             raise TetherInputError(
                 f"probe {directory} is corrupted ({type(error).__name__}: {error}); refit it"
             ) from None
-        if not probe.coef.shape == probe.mean.shape == probe.std.shape or probe.position not in POSITIONS:
-            raise TetherInputError(f"probe {directory} is corrupted (tensor shapes or position); refit it")
+        if (
+            not probe.coef.shape == probe.mean.shape == probe.std.shape
+            or probe.position not in POSITIONS
+            or probe.tokens not in TOKEN_POOLINGS
+        ):
+            raise TetherInputError(f"probe {directory} is corrupted (tensor shapes, position or tokens); refit it")
         return probe
 
     def check_model(self, model, tokenizer) -> None:
@@ -521,6 +541,7 @@ class ProbeCritic:
         self.probe = probe or LinearProbe.load(probe_path)
         self.layers = self.probe.layers
         self.position = self.probe.position
+        self.tokens = self.probe.tokens
 
     def score(self, batch: dict) -> torch.Tensor:
         return self.probe.score(batch["reference_features"])  # (B,)

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 from tether.critics.probe import (
+    TOKEN_POOLINGS,
     LinearProbe,
+    chat_row_features,
     fit_probe,
     model_fingerprint,
     num_blocks,
     probe_metrics,
-    chat_row_features,
     prompt_features,
 )
 from tether.data.prompts import load_prompts
@@ -36,10 +37,17 @@ class FeatureBank:
         batch_size: int = 16,
         position: str = "prompt",
         layers: list[int] | None = None,
+        tokens: str = "last",
     ):
         """`position`: `prompt` reads prompt sets at the last prompt token; `response` reads chat data (prompt and
-        response) at the last response token, `both` at the two (`chat_row_features`). `layers`: extract only these (default every layer), so the forward
-        stops after the deepest one; `bank(source, layers)` then indexes hidden-state numbers, not positions."""
+        response) at the last response token, `both` at the two (`chat_row_features`). `layers`: extract only these
+        (default every layer), so the forward stops after the deepest one; `bank(source, layers)` then indexes
+        hidden-state numbers, not positions. `tokens`: `last`, or `mean` over the prompt's tokens (`prompt` only)."""
+        if tokens not in TOKEN_POOLINGS or (tokens == "mean" and position != "prompt"):
+            raise TetherInputError(
+                f"probe tokens must be `last`, or `mean` with position prompt; got {tokens!r} with {position!r}"
+            )
+        self.tokens = tokens
         self.model, self.tokenizer, self.data_dir, self.batch_size = model, tokenizer, data_dir, batch_size
         self.position = position
         self.all_layers = sorted(layers) if layers else list(range(num_blocks(model) + 1))
@@ -56,7 +64,13 @@ class FeatureBank:
             else:
                 prompts = load_prompts(source, self.data_dir)
                 self.cache[source] = prompt_features(
-                    self.model, self.tokenizer, prompts, self.all_layers, self.batch_size, desc=source
+                    self.model,
+                    self.tokenizer,
+                    prompts,
+                    self.all_layers,
+                    self.batch_size,
+                    desc=source,
+                    tokens=self.tokens,
                 )
         features = self.cache[source]  # (n, L, d), or (n, 2L, d) for `both`: the prompt's layers, then the response's
         if layers is None:
@@ -82,6 +96,7 @@ def fit_from_sources(
     probe = fit_probe(
         bank.many(harmful, layers), bank.many(benign, layers), layers, pooling, C=C, seed=seed, position=bank.position
     )
+    probe.tokens = bank.tokens
     probe.metadata.update(
         model=model_fingerprint(bank.model, bank.tokenizer),
         fit_sets={"harmful": harmful, "benign": benign},
