@@ -135,6 +135,23 @@ def test_changed_settings_are_not_silently_reused(bench_dir, tmp_path, capsys):
     assert len(err) >= 1 and "made with other settings" in err[-1] and "c-sft" in err[-1]
 
 
+def test_run_made_under_another_tether_default_is_not_reused(bench_dir, tmp_path, capsys):
+    """A cached run whose config left `alpha_mode` to the default, trained when the default was `paper`, is refused:
+    the stage records only the settings the config states."""
+    import shutil
+
+    copy = tmp_path / "out"
+    shutil.copytree(bench_dir, copy)
+    run_config = next((copy / "runs").glob("*/a-reg-probe/seed0/config.yaml"))  # alpha_mode left to the default
+    resolved = yaml.safe_load(run_config.read_text())
+    assert resolved["training"]["alpha_mode"] == "gate"
+    resolved["training"]["alpha_mode"] = "paper"
+    run_config.write_text(yaml.safe_dump(resolved))
+    assert main(["bench", "--config", str(bench_dir.parent / "bench.yaml"), "--out_dir", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "trained with alpha_mode = 'paper'" in err and "now 'gate'" in err
+
+
 def test_second_config_in_the_same_directory_reuses_stages_and_joins_the_report(bench_dir, tmp_path, capsys):
     """`base:` inherits the first config; its new scenario runs, the reference and probe are reused, and the report
     lists the runs of both configs."""

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -180,6 +181,7 @@ class Bench:
         data = Path(settings["dataset"])
         spec = {**settings, "dataset_sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
         if self.cached(stage, run_dir / "config.yaml", spec):
+            check_tether_defaults(run_dir, settings)
             log(f"{what}: cached at {run_dir}")
             return
         shutil.rmtree(run_dir.with_name(run_dir.name + ".incomplete"), ignore_errors=True)  # left by a killed run
@@ -319,3 +321,28 @@ def _as_dict(config: BenchConfig) -> dict:
     import dataclasses
 
     return dataclasses.asdict(config)
+
+
+def check_tether_defaults(run_dir: Path, settings: dict) -> None:
+    """A cached run's tether fields that its config left unset must still hold tether's current defaults: a changed
+    default (say `alpha_mode`) would otherwise pass as the same experiment. SFTConfig's own fields are not checked, nor
+    fields that cannot change the run's loss (any under `regularizer: none`; `gate` vs `paper` under `fixed`)."""
+    from trl import SFTConfig
+
+    from tether.trainer import TetherConfig
+
+    trained = yaml.safe_load((run_dir / "config.yaml").read_text())["training"]
+    if trained.get("regularizer") == "none":
+        return  # plain SFT: no tether field changes its loss
+    for f in dataclasses.fields(TetherConfig):
+        if f.name in settings or f.name in SFTConfig.__dataclass_fields__ or f.name not in trained:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        fixed_alpha = f.name == "alpha_mode" and trained["regularizer"] == "fixed"
+        if fixed_alpha and {trained[f.name], default} <= {"gate", "paper"}:
+            continue  # without a risk both mean α = 1 − β
+        if trained[f.name] != default:
+            raise TetherInputError(
+                f"{run_dir} was trained with {f.name} = {trained[f.name]!r}, which the config leaves to tether's "
+                f"default, now {default!r}; delete that run to redo it, or set {f.name} in the method"
+            )
