@@ -62,7 +62,7 @@ class FeatureBank:
                     self.model, self.tokenizer, rows, self.all_layers, self.position, self.batch_size, desc=source
                 )
             else:
-                prompts = load_prompts(source, self.data_dir)
+                prompts = prompts_of(source, self.data_dir)  # a prompt set, or the prompts of chat data
                 self.cache[source] = prompt_features(
                     self.model,
                     self.tokenizer,
