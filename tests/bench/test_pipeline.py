@@ -53,6 +53,9 @@ def test_report_lists_every_method_and_plot(bench_dir):
     results = json.loads((bench_dir / "report" / "results.json").read_text())
     assert len(results["rows"]) == 12
     assert {"asr_vs_hr_gsm8k.png", "beta_risk.png"} <= {p.name for p in (bench_dir / "report").glob("*.png")}
+    targets = [line for line in report.splitlines() if "ASR ≤ reference + 5 points" in line]
+    assert any(line.startswith("- mix-0.2: A-Reg") and "utility kept" in line for line in targets)
+    assert not any(line.startswith("- pure: A-Reg") and "utility kept" in line for line in targets)  # mixed goal only
     label = next(r for r in results["runs"] if r["method"] == "A-Reg label" and r["scenario"] == "pure")
     assert all(t["risk"] == 1.0 and t["beta"] == pytest.approx(0.9) for t in label["trajectory"])
 
