@@ -65,6 +65,8 @@ def test_benchmark_names_and_limits(tmp_path):
     assert len(load_benchmark("harmbench:7", SHARED_DATA).prompts) == 7
     xstest = load_benchmark("xstest:3", SHARED_DATA)
     assert xstest.labels == ["safe"] * 3 + ["unsafe"] * 3
+    val, test = (load_benchmark(f"harmbench-{split}", SHARED_DATA).prompts for split in ("val", "test"))
+    assert (len(val), len(test)) == (41, 159) and not {p[0]["content"] for p in val} & {p[0]["content"] for p in test}
     safe_only = load_benchmark("xstest-safe:3", SHARED_DATA)  # the same safe prompts, no unsafe ones
     assert safe_only.labels == ["safe"] * 3 and safe_only.prompts == xstest.prompts[:3]
     assert load_benchmark("gsm8k:2", SHARED_DATA).answers[0].split("####")[-1].strip() == "18"

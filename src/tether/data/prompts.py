@@ -2,7 +2,8 @@
 
 Each prompt is a list of chat messages ending with the user turn. Named sets, read from `data_dir`
 (`--data_dir`, `$TETHER_DATA_DIR`, default `../shared/data`):
-- harmful: `advbench` (520 behaviours), `harmbench` (the 200 `standard` behaviours), `safety-llamas` (2,483
+- harmful: `advbench` (520 behaviours), `harmbench` (the 200 `standard` behaviours; `harmbench-val` and
+  `harmbench-test`: HarmBench's own validation and test splits of them, 41 and 159), `safety-llamas` (2,483
   instructions), `I-CoNa`, `I-Controversial`, `I-MaliciousInstructions`, `I-PhysicalSafetyUnsafe`, `Q-Harm`,
   `xstest-unsafe`;
 - benign: `alpaca` (1k), `alpaca-eval` (805), `gsm8k` (train questions), `gsm8k-test`, `xstest-safe`
@@ -24,6 +25,18 @@ SAFETY_EVAL = "safety_tuned_llamas/evaluation/{}.json"
 PROMPT_SETS = {
     "advbench": ("csv", "advbench/harmful_behaviors.csv", "goal", None),
     "harmbench": ("csv", "harmbench/harmbench_behaviors_text_all.csv", "Behavior", ("FunctionalCategory", "standard")),
+    "harmbench-val": (
+        "csv",
+        "harmbench/harmbench_behaviors_text_val.csv",
+        "Behavior",
+        ("FunctionalCategory", "standard"),
+    ),
+    "harmbench-test": (
+        "csv",
+        "harmbench/harmbench_behaviors_text_test.csv",
+        "Behavior",
+        ("FunctionalCategory", "standard"),
+    ),
     "xstest-safe": ("csv", "xstest/xstest_prompts.csv", "prompt", ("label", "safe")),
     "xstest-unsafe": ("csv", "xstest/xstest_prompts.csv", "prompt", ("label", "unsafe")),
     "safety-llamas": ("rows", "safety_tuned_llamas/safety_only_data_Instructions.json", None, None),

@@ -1,6 +1,7 @@
 """Benchmarks: a name (or a local file) -> prompts, with labels or reference answers where the metric needs them.
 
-- `harmbench` (200 standard behaviours), `advbench` (520), local prompt files: harmful; keyword ASR, judge scores;
+- `harmbench` (200 standard behaviours; `harmbench-val` / `harmbench-test`: its own 41 / 159 split), `advbench`
+  (520), local prompt files: harmful; keyword ASR, judge scores;
 - `hexphi:PATH`: HEx-PHI, gated, so the user supplies its folder of `category_*.csv` files (one prompt per line);
 - `xstest`: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe contrast prompts; `xstest-safe`: the
   safe prompts only (over-refusal at two thirds of the generation cost);
@@ -24,6 +25,8 @@ from tether.errors import TetherInputError
 
 BENCHMARKS = {
     "harmbench": "harmful",
+    "harmbench-val": "harmful",
+    "harmbench-test": "harmful",
     "advbench": "harmful",
     "hexphi": "harmful",
     "xstest": "xstest",
@@ -53,7 +56,7 @@ def load_benchmark(spec: str, data_dir: str | None = None) -> Benchmark:
     if name == "hexphi":
         return _hexphi(arg)
     limit = int(arg) if arg.isdigit() else None
-    if name in ("harmbench", "advbench"):
+    if name in ("harmbench", "harmbench-val", "harmbench-test", "advbench"):
         return Benchmark(name, "harmful", spread(load_prompts(name, data_dir), limit))
     if name == "alpaca_eval":
         return Benchmark(name, "instructions", spread(load_prompts("alpaca-eval", data_dir), limit))
