@@ -39,3 +39,18 @@ def test_bench_config_parses(path, tmp_path):
         config_file = tmp_path / "run.yaml"
         config_file.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "run")}))
         make_parser().parse(["--config", str(config_file)])
+
+
+@pytest.mark.parametrize("verb", ["train", "bench"])
+def test_a_key_written_twice_is_an_error(verb, tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys silently; tether names the key and its line instead."""
+    from tether.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "seed: 1\nlearning_rate: 1.0e-4\nseed: 2\n" if verb == "train" else "base: demo\nseeds: [0]\nseeds: [1]\n"
+    )
+    argv = ["train", "--config", str(config)] if verb == "train" else ["bench", "--config", str(config)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "duplicate key" in err[0] and "(line 3)" in err[0], err

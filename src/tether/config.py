@@ -11,6 +11,7 @@ import yaml
 from trl import TrlParser
 
 from tether.errors import OneLineErrors, TetherInputError
+from tether.yaml_files import load_yaml
 
 
 @dataclass
@@ -125,7 +126,7 @@ class TetherParser(OneLineErrors, TrlParser):
         """The file exists, is a YAML mapping, and every key is a field of one of the dataclasses (or `env`)."""
         try:
             with open(path) as f:
-                values = yaml.safe_load(f)
+                values = load_yaml(f)
         except OSError:
             raise TetherInputError(f"config file not found: {path}; pass an existing YAML file") from None
         except yaml.YAMLError as error:

@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from tether.errors import TetherInputError
+from tether.yaml_files import load_yaml
 
 DEMO_CONFIG = resources.files("tether.bench") / "demo.yaml"  # the embedded config of `tether demo`, `base: demo`
 
@@ -115,7 +116,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     if not path.is_file():
         raise TetherInputError(f"bench config not found: {path}; pass an existing YAML file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise TetherInputError(f"{path}: malformed YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -123,12 +124,12 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     if "base" in raw:  # `base: demo` (the embedded demo config) or a path relative to this file
         base = raw.pop("base")
         if base == "demo":
-            base_raw = yaml.safe_load(DEMO_CONFIG.read_text())
+            base_raw = load_yaml(DEMO_CONFIG.read_text())
         else:
             base_path = path.parent / base
             if not base_path.is_file():
                 raise TetherInputError(f"{path}: base config {base_path} not found; fix `base:`")
-            base_raw = yaml.safe_load(base_path.read_text())
+            base_raw = load_yaml(base_path.read_text())
         raw = {**base_raw, **raw}  # top-level keys of this file replace the base's
     return bench_config_from_dict(raw, str(path))
 

@@ -9,9 +9,8 @@ from tether.cli.bench import make_parser, run
 
 
 def main(argv: list[str]) -> int:
-    import yaml
-
     from tether.bench.config import bench_config_from_dict
+    from tether.yaml_files import load_yaml
 
     parser = make_parser(prog="tether demo", config_required=False)
     parser.add_argument("--print_config", action="store_true", help="print the embedded bench config and exit")
@@ -21,7 +20,7 @@ def main(argv: list[str]) -> int:
         print(text)
         return 0
     if args.config is None:
-        config = bench_config_from_dict(yaml.safe_load(text), "tether demo (embedded)")
+        config = bench_config_from_dict(load_yaml(text), "tether demo (embedded)")
     else:
         from tether.bench.config import load_bench_config
 
