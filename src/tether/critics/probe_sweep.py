@@ -22,7 +22,8 @@ from tether.critics.probe import (
     probe_metrics,
     prompt_features,
 )
-from tether.data.prompts import load_prompts
+from tether.data.prompts import PROMPT_SETS, load_prompts
+from tether.data.sources import NAMED_DATASETS
 from tether.errors import TetherInputError
 
 
@@ -62,7 +63,11 @@ class FeatureBank:
                     self.model, self.tokenizer, rows, self.all_layers, self.position, self.batch_size, desc=source
                 )
             else:
-                prompts = prompts_of(source, self.data_dir)  # a prompt set, or the prompts of chat data
+                prompts = (  # a prompt set or file, or the prompts of a named chat dataset (`pure-bad`)
+                    prompts_of(source, self.data_dir)
+                    if source.split(":")[0] in NAMED_DATASETS.keys() - PROMPT_SETS.keys()
+                    else load_prompts(source, self.data_dir)
+                )
                 self.cache[source] = prompt_features(
                     self.model,
                     self.tokenizer,
