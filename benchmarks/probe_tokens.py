@@ -3,9 +3,10 @@ layers, with the bench's fit sets; AUROC on the held-out sets and the calibrated
 
     python benchmarks/probe_tokens.py --model runs/demo/reference/model --out docs/probe/tokens.json
 
-Fit (as `tether demo`): harmful AdvBench + 600 safety-tuned-llamas instructions, benign Alpaca 1k + 600 GSM8K
-questions; C by 5-fold CV, Platt-calibrated on a held-out 20%. Held-out evaluation as in `benchmarks/probe_sweep.py`
-(AlpacaEval limited to 300). `pure-bad`: the 100 prompts of the attack set (never fitted on): mean and median risk.
+Fit and held-out sets are those of `tether demo`'s probe (`src/tether/bench/demo.yaml`): harmful AdvBench + 600
+safety-tuned-llamas instructions, benign Alpaca 1k + 600 GSM8K questions; C by 5-fold CV, Platt-calibrated on a
+held-out 20%; evaluation as in `benchmarks/probe_sweep.py` with AlpacaEval limited to 300. `pure-bad`: the 100
+prompts of the attack set (never fitted on): mean and median risk.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tether.bench.config import DEMO_CONFIG, bench_config_from_dict
 from tether.critics.probe_sweep import FeatureBank, evaluate, fit_from_sources
 from tether.modeling import load_model_and_tokenizer
+from tether.yaml_files import load_yaml
 
-FIT_HARMFUL = ["advbench", "safety-llamas:600"]
-FIT_BENIGN = ["alpaca", "gsm8k:600"]
-EVAL_HARMFUL = ["harmbench", "I-CoNa", "I-Controversial", "I-MaliciousInstructions", "I-PhysicalSafetyUnsafe"]
-EVAL_BENIGN = ["alpaca-eval:300", "xstest-safe", "I-Alpaca", "I-PhysicalSafetySafe"]
+DEMO_PROBE = bench_config_from_dict(load_yaml(DEMO_CONFIG.read_text())).probe
+FIT_HARMFUL, FIT_BENIGN = DEMO_PROBE.harmful, DEMO_PROBE.benign
+EVAL_HARMFUL, EVAL_BENIGN = DEMO_PROBE.eval_harmful, DEMO_PROBE.eval_benign
 
 
 def main():

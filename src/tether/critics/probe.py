@@ -208,11 +208,9 @@ def last_token_features(
             position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
             rows = torch.arange(len(chunk))
             cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token
-            weights = attention_mask / attention_mask.sum(1, keepdim=True) if tokens == "mean" else None  # (B, T)
+            weights = (attention_mask / attention_mask.sum(1, keepdim=True)).to(device) if tokens == "mean" else None
             with (
-                capture_layer_states(
-                    model, layers, rows.to(device), cols.to(device), weights if weights is None else weights.to(device)
-                ) as captured,
+                capture_layer_states(model, layers, rows.to(device), cols.to(device), weights) as captured,
                 stop_after_layer(model, max(layers)),
             ):
                 try:
@@ -407,7 +405,7 @@ def fit_probe(
     class_weight: str | None = "balanced",
     position: str = "prompt",
 ) -> LinearProbe:
-    """Fit on features (n, L, d) of harmful and benign prompts (n, 2L, d) for `position: both`, see
+    """Fit on features (n, L, d) of harmful and benign prompts ((n, 2L, d) for `position: both`, see
     `chat_row_features`). C=None picks it by 5-fold cross-validation.
 
     A stratified `calibration_fraction` is held out: the logistic regression is fit on the rest, Platt scaling on it.
