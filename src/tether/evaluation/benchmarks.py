@@ -4,7 +4,7 @@
   (520), local prompt files: harmful; keyword ASR, judge scores;
 - `hexphi:PATH`: HEx-PHI, gated, so the user supplies its folder of `category_*.csv` files (one prompt per line);
 - `xstest`: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe contrast prompts; `xstest-safe`: the
-  safe prompts only (over-refusal at two thirds of the generation cost);
+  safe prompts only (over-refusal without generating the unsafe contrast prompts);
 - `gsm8k`: test questions, exact match of the final number;
 - `alpaca_eval`: 805 instructions; generations, and judge scores when a judge is given.
 `NAME:N` keeps N prompts evenly spread over the set (per label for `xstest`), so that a small sample covers every
