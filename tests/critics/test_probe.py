@@ -326,3 +326,31 @@ def test_cli_fit_mean_over_prompt_tokens(tmp_path, capsys):
     capsys.readouterr()
     assert main([*fit, "--position", "response", "--out", str(tmp_path / "bad")]) == 2
     assert "`mean` with position prompt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_cli_fit_selects_the_layer_on_validation_sets(tmp_path, capsys):
+    """`--val_harmful/--val_benign`: a one-layer probe per candidate, the best mean validation AUROC kept and every
+    candidate's AUROCs recorded. The embeddings (layer 0) see only the generation prompt's token: AUROC 0.5, never
+    chosen. Half a selection request or a multi-layer pooling is a one-line error."""
+    sets = {}
+    for name, text in [("harmful", "placeholder request number {}"), ("benign", "add {} and {}")]:
+        for split, numbers in [("fit", range(12)), ("val", range(20, 28))]:
+            sets[name, split] = tmp_path / f"{name}-{split}.txt"
+            sets[name, split].write_text("\n".join(text.format(i, i + 1) for i in numbers))
+    fit = ["probe", "fit", "--model", "tiny-llama", "--harmful", str(sets["harmful", "fit"])]
+    fit += ["--benign", str(sets["benign", "fit"]), "--layers", "0", "1", "2", "--C", "1.0"]
+    selection = ["--val_harmful", str(sets["harmful", "val"]), "--val_benign", str(sets["benign", "val"])]
+    assert main([*fit, *selection, "--out", str(tmp_path / "probe")]) == 0
+    meta = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    table = meta["layer_selection"]["candidates"]
+    assert [row["layer"] for row in table] == [0, 1, 2] and table[0]["val_mean_auroc"] == 0.5
+    best = max(table, key=lambda row: row["val_mean_auroc"])
+    assert best["layer"] != 0 and best["val_mean_auroc"] > 0.5
+    assert meta["layers"] == [best["layer"]] == [meta["layer_selection"]["chosen"]] and meta["pooling"] == "last-layer"
+    assert "validation AUROC mean" in capsys.readouterr().out
+    for extra, message in [
+        (selection[:2], "both --val_harmful and --val_benign"),
+        ([*selection, "--pooling", "mean"], "drop --pooling mean"),
+    ]:
+        assert main([*fit, *extra, "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -27,7 +27,14 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--harmful", nargs="+", required=True, help="harmful prompt sources (named sets or files)")
     fit.add_argument("--benign", nargs="+", required=True, help="benign prompt sources")
     fit.add_argument("--layers", nargs="+", type=int, required=True, help="hidden-state indices, 0 = embeddings")
-    fit.add_argument("--pooling", default="mean", help="last-layer, mean, max, weighted or concat")
+    fit.add_argument("--pooling", default=None, help="last-layer, mean (default), max, weighted or concat")
+    fit.add_argument(
+        "--val_harmful",
+        nargs="+",
+        default=None,
+        help="with --val_benign: a one-layer probe at each of --layers, the best by mean AUROC on these sets kept",
+    )
+    fit.add_argument("--val_benign", nargs="+", default=None, help="benign validation sets of the layer selection")
     fit.add_argument("--C", type=float, default=None, help="inverse L2 strength (default: 5-fold CV)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(
@@ -65,7 +72,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from tether.critics.probe import LinearProbe
-    from tether.critics.probe_sweep import FeatureBank, evaluate, fit_from_sources, sweep, write_sweep_report
+    from tether.critics.probe_sweep import (
+        FeatureBank,
+        evaluate,
+        fit_from_sources,
+        select_layer,
+        sweep,
+        write_sweep_report,
+    )
     from tether.modeling import load_model_and_tokenizer
 
     args = make_parser().parse_args(argv)
@@ -75,6 +89,10 @@ def main(argv: list[str]) -> int:
         raise TetherInputError("pass --model (the model to read activations from)")
     if args.verb == "fit" and Path(args.out).exists():
         raise TetherInputError(f"probe output {args.out} already exists; pass another --out")
+    if args.verb == "fit" and (args.val_harmful is None) != (args.val_benign is None):
+        raise TetherInputError("layer selection needs both --val_harmful and --val_benign; pass both or neither")
+    if args.verb == "fit" and args.val_harmful and args.pooling not in (None, "last-layer"):
+        raise TetherInputError(f"layer selection (--val_harmful) fits one-layer probes; drop --pooling {args.pooling}")
     model, tokenizer = load_model_and_tokenizer(model_name)
     if probe is not None:
         probe.check_model(model, tokenizer)
@@ -87,11 +105,20 @@ def main(argv: list[str]) -> int:
         from tether.critics.probe import check_layers
 
         check_layers(model, args.layers)
-        probe = fit_from_sources(bank, args.harmful, args.benign, args.layers, args.pooling, args.C, args.seed)
+        if args.val_harmful is None:
+            pooling = args.pooling or "mean"
+            probe = fit_from_sources(bank, args.harmful, args.benign, args.layers, pooling, args.C, args.seed)
+        else:
+            probe = select_layer(
+                bank, args.harmful, args.benign, args.layers, args.val_harmful, args.val_benign, args.C, args.seed
+            )
+            for row in probe.metadata["layer_selection"]["candidates"]:
+                aurocs = "  ".join(f"{s} {a:.3f}" for s, a in row["val_auroc"].items())
+                print(f"layer {row['layer']:3d}  validation AUROC mean {row['val_mean_auroc']:.3f}  ({aurocs})")
         probe.metadata["model"]["name"] = model_name
         probe.metadata["fit_metrics"] = evaluate(probe, bank, args.harmful, args.benign)
         probe.save(args.out)
-        print(f"probe: {args.out} (layers {args.layers}, {args.pooling}, C {probe.metadata['C']:g})")
+        print(f"probe: {args.out} (layers {probe.layers}, {probe.pooling}, C {probe.metadata['C']:g})")
         return 0
 
     if args.verb == "eval":

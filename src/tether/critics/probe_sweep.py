@@ -128,6 +128,56 @@ def evaluate(
     return result
 
 
+def layer_candidates(
+    bank: FeatureBank,
+    harmful: list[str],
+    benign: list[str],
+    layers: list[int],
+    val_harmful: list[str],
+    val_benign: list[str],
+    C: float | None = None,
+    seed: int = 0,
+) -> list[tuple[LinearProbe, dict]]:
+    """A one-layer probe at each layer, fit on `harmful` vs `benign`, with its AUROC on each validation harmful set
+    (against the validation benign sets together) and their mean."""
+    candidates = []
+    for layer in layers:
+        probe = fit_from_sources(bank, harmful, benign, [layer], "last-layer", C=C, seed=seed)
+        result = evaluate(probe, bank, val_harmful, val_benign)
+        aurocs = {s: m["auroc"] for s, m in result["per_harmful_set"].items()}
+        row = {"layer": layer, "C": probe.metadata["C"], "val_auroc": aurocs}
+        candidates.append((probe, {**row, "val_mean_auroc": float(np.mean(list(aurocs.values())))}))
+    return candidates
+
+
+def best_candidate(candidates: list[tuple[LinearProbe, dict]], val_harmful: list[str], val_benign: list[str]):
+    """The candidate with the best mean validation AUROC (the first on a tie); its metadata records every
+    candidate's row under `layer_selection`."""
+    probe, row = max(candidates, key=lambda candidate: candidate[1]["val_mean_auroc"])
+    probe.metadata["layer_selection"] = {
+        "val_harmful": val_harmful,
+        "val_benign": val_benign,
+        "chosen": row["layer"],
+        "candidates": [row for _, row in candidates],
+    }
+    return probe
+
+
+def select_layer(
+    bank: FeatureBank,
+    harmful: list[str],
+    benign: list[str],
+    layers: list[int],
+    val_harmful: list[str],
+    val_benign: list[str],
+    C: float | None = None,
+    seed: int = 0,
+) -> LinearProbe:
+    """The one-layer probe, among `layers`, with the best mean AUROC on the validation sets (`layer_candidates`)."""
+    candidates = layer_candidates(bank, harmful, benign, layers, val_harmful, val_benign, C, seed)
+    return best_candidate(candidates, val_harmful, val_benign)
+
+
 def sweep(
     bank: FeatureBank,
     fit_harmful,

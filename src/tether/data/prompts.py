@@ -9,7 +9,8 @@ Each prompt is a list of chat messages ending with the user turn. Named sets, re
 - benign: `alpaca` (1k), `alpaca-eval` (805), `gsm8k` (train questions), `gsm8k-test`, `xstest-safe`
   (safe prompts that look unsafe), `I-Alpaca`, `I-PhysicalSafetySafe`.
 A local `.jsonl`/`.json` file may hold `prompt`, `instruction` (+ `input`), `question`, `goal` or `messages` rows;
-a `.txt` file one prompt per line. `NAME:N` takes the first N prompts of a set.
+a `.txt` file one prompt per line. `NAME:N` takes the first N prompts of a set, `NAME:A-B` prompts A to B − 1 (from 0),
+so `alpaca-eval:300` and `alpaca-eval:300-805` are disjoint.
 """
 
 from __future__ import annotations
@@ -81,10 +82,19 @@ def load_prompts(source: str, data_dir: str | None = None) -> list[list[dict]]:
         else:
             raise TetherInputError(f"prompt file {source} must end in .jsonl, .json or .txt")
     if limit:
-        texts = texts[: int(limit)]
+        texts = texts[_prompt_slice(source, limit)]
     if not texts:
         raise TetherInputError(f"prompt source {source} is empty; pass a set with at least one prompt")
     return [[{"role": "user", "content": text}] for text in texts]
+
+
+def _prompt_slice(source: str, limit: str) -> slice:
+    start, dash, stop = limit.partition("-")
+    if not (stop if dash else start).isdigit() or (dash and not start.isdigit()):
+        raise TetherInputError(
+            f"prompt source {source}: after the colon write N (the first N) or A-B (prompts A to B-1)"
+        )
+    return slice(int(start), int(stop)) if dash else slice(int(start))
 
 
 def _read_named(kind, path, column, keep) -> list[str]:

@@ -1,0 +1,18 @@
+import pytest
+
+from tests.conftest import SHARED_DATA
+from tether.data.prompts import load_prompts
+from tether.errors import TetherInputError
+
+
+def test_ranges_of_a_named_set_are_disjoint_slices():
+    every = load_prompts("alpaca-eval", SHARED_DATA)
+    first, rest = load_prompts("alpaca-eval:300", SHARED_DATA), load_prompts("alpaca-eval:300-805", SHARED_DATA)
+    assert (len(first), len(rest)) == (300, len(every) - 300) and first + rest == every
+    assert load_prompts("alpaca-eval:10-12", SHARED_DATA) == every[10:12]
+
+
+@pytest.mark.parametrize("source", ["alpaca-eval:x", "alpaca-eval:3-", "alpaca-eval:-3", "alpaca-eval:900-1000"])
+def test_bad_range_is_one_line(source):
+    with pytest.raises(TetherInputError, match="alpaca-eval"):
+        load_prompts(source, SHARED_DATA)
