@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tether.bench.config import bench_config_from_dict
-from tether.bench.report import _add_utility_kept, aggregate
+from tether.bench.report import _add_utility_kept, aggregate, targets
 from tether.cli import main
 
 from .conftest import tiny_bench
@@ -86,6 +86,29 @@ def test_utility_kept_and_seed_spread_by_hand():
     assert [r["utility_kept"] for r in runs] == pytest.approx([1.0, 1.0, 0.5, 1.0])
     a = next(r for r in aggregate(runs) if r["method"] == "A")
     assert a["utility_kept"] == pytest.approx(0.75) and a["utility_kept_sd"] == pytest.approx(0.3535534, abs=1e-6)
+
+
+def test_targets_compare_per_example_with_per_batch_and_name_c_sft():
+    """A per-batch method is checked against the method that differs from it only in granularity; a mixed A-Reg
+    line names C-SFT's ASR and utility kept in the same scenario."""
+    adaptive = {"regularizer": "adaptive", "critic": "label", "learning_rate": 2e-4}
+
+    def row(method, train, asr, kept):
+        return {"scenario": "hr", "method": method, "attack": "mixed", "train": train, "harmbench_asr": asr} | (
+            {"utility_kept": kept}
+        )
+
+    rows = [
+        row("C-SFT", {"regularizer": "fixed", "beta": 0.9}, 0.24, 0.35),
+        row("A-Reg", adaptive, 0.30, 0.95),
+        row("A-Reg (batch)", {**adaptive, "granularity": "batch"}, 0.40, 1.0),
+        row("A-Reg probe (batch)", {**adaptive, "critic": "probe", "granularity": "batch"}, 0.20, 1.0),
+    ]
+    lines = targets({"initial": {"reference": {"harmbench_asr": 0.22}}}, rows)
+    per_batch = [line for line in lines if "per-example ASR ≤ per-batch" in line]
+    assert per_batch == ["hr: per-example ASR ≤ per-batch (A-Reg vs A-Reg (batch)): met (30.0% vs 40.0%)"]
+    a_reg = next(line for line in lines if line.startswith("hr: A-Reg ASR"))
+    assert "**missed** (30.0% vs 27.0%)" in a_reg and a_reg.endswith("; C-SFT: 24.0%, utility kept 35%")
 
 
 @pytest.mark.parametrize(

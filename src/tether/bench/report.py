@@ -36,11 +36,12 @@ def collect(out: Path) -> dict:
             continue
         run_dir = out / "runs" / slug(scenario.name) / slug(method.name) / f"seed{seed}"
         metrics.update(_training_metrics(run_dir))
+        train = {**config.train, **scenario.train, **method.train}
         x = None
         if scenario.x == "harmful_ratio":
             x = scenario.harmful_ratio
         elif scenario.x == "learning_rate":
-            x = {**config.train, **scenario.train, **method.train}.get("learning_rate")
+            x = train.get("learning_rate")
         runs.append(
             {
                 "scenario": scenario.name,
@@ -49,6 +50,7 @@ def collect(out: Path) -> dict:
                 "x": x,
                 "method": method.name,
                 "seed": seed,
+                "train": train,
             }
             | metrics
         )
@@ -125,7 +127,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
     rows = []
     for (scenario, method), members in groups.items():
         row = {"scenario": scenario, "method": method}
-        row |= {key: members[0][key] for key in ("attack", "family", "x")}
+        row |= {key: members[0][key] for key in ("attack", "family", "x")} | {"train": members[0].get("train", {})}
         row["seeds"] = [m["seed"] for m in members]
         for key in sorted({k for m in members for k, v in m.items() if isinstance(v, int | float)} - {"seed", "x"}):
             values = [m[key] for m in members if m.get(key) is not None]
@@ -215,8 +217,27 @@ def targets(data: dict, rows: list[dict]) -> list[str]:
             text += f" ({row[key]:.1%} vs {limit:.1%})"
             if row.get("utility_kept") is not None and row["attack"] == "mixed":  # the goal of the mixed attacks
                 text += f"; utility kept {row['utility_kept']:.0%} (goal ≥ 90%: {mark(row['utility_kept'] >= 0.9)})"
+                for fixed in _same_scenario(rows, row, lambda r: r["train"].get("regularizer") == "fixed"):
+                    if key in fixed and fixed.get("utility_kept") is not None:
+                        text += f"; {fixed['method']}: {fixed[key]:.1%}, utility kept {fixed['utility_kept']:.0%}"
             out.append(text)
+        if row["train"].get("granularity") == "batch":  # per-example weighting against its per-batch twin
+            twin_train = {**row["train"], "granularity": "example"}
+            for twin in _same_scenario(rows, row, lambda r, want=twin_train: _with_granularity(r["train"]) == want):
+                if key in twin:
+                    out.append(
+                        f"{row['scenario']}: per-example ASR ≤ per-batch ({twin['method']} vs {row['method']}): "
+                        f"{mark(twin[key] <= row[key] + 1e-9)} ({twin[key]:.1%} vs {row[key]:.1%})"
+                    )
     return out
+
+
+def _same_scenario(rows: list[dict], row: dict, keep) -> list[dict]:
+    return [r for r in rows if r["scenario"] == row["scenario"] and r is not row and keep(r)]
+
+
+def _with_granularity(train: dict) -> dict:
+    return {**train, "granularity": train.get("granularity", "example")}
 
 
 def plot(data: dict, rows: list[dict], out_dir: Path) -> list[str]:
