@@ -84,11 +84,13 @@ def tiny_bench(data_dir, **overrides) -> dict:
         "probe": {
             "harmful": ["advbench"],
             "benign": ["alpaca"],
-            "layers": [1],
+            "layers": [1, 2],
             "pooling": "last-layer",
             "C": 1.0,
             "eval_harmful": ["harmbench"],
             "eval_benign": ["gsm8k-test"],
+            "val_harmful": ["xstest-unsafe"],  # the layer chosen on these
+            "val_benign": ["xstest-safe"],
         },
         "train": {
             "max_steps": 2,

@@ -44,6 +44,9 @@ def test_every_stage_writes_its_outputs(bench_dir):
     probe_run = yaml.safe_load((bench_dir / "runs/pure/a-reg-probe/seed0/config.yaml").read_text())
     assert probe_run["training"]["probe_path"] == str(bench_dir / "probe")
     assert probe_run["model"]["model_name_or_path"] == str(bench_dir / "reference" / "model")
+    probe = json.loads((bench_dir / "probe" / "probe.json").read_text())  # one of the two layers, chosen on validation
+    assert [row["layer"] for row in probe["layer_selection"]["candidates"]] == [1, 2]
+    assert probe["layers"] == [probe["layer_selection"]["chosen"]]
 
 
 def test_report_lists_every_method_and_plot(bench_dir):
@@ -56,6 +59,7 @@ def test_report_lists_every_method_and_plot(bench_dir):
     targets = [line for line in report.splitlines() if "ASR ≤ reference + 5 points" in line]
     assert any(line.startswith("- mix-0.2: A-Reg") and "utility kept" in line for line in targets)
     assert not any(line.startswith("- pure: A-Reg") and "utility kept" in line for line in targets)  # mixed goal only
+    assert "chosen by the mean validation AUROC of xstest-unsafe against xstest-safe (1: " in report
     label = next(r for r in results["runs"] if r["method"] == "A-Reg label" and r["scenario"] == "pure")
     assert all(t["risk"] == 1.0 and t["beta"] == pytest.approx(0.9) for t in label["trajectory"])
 
@@ -118,6 +122,7 @@ def test_targets_compare_per_example_with_per_batch_and_name_c_sft():
         ({"scenarios": [{"name": "a", "methods": ["nope"]}]}, "names method 'nope'"),
         ({"methods": [{"name": "SFT"}, {"name": "SFT"}]}, "'SFT' is used twice"),
         ({"scenarios": [{"name": "a", "harmful_ratio": 0.1}]}, "no benign dataset"),
+        ({"probe": {"val_harmful": ["xstest-unsafe"]}}, "val_harmful and val_benign"),
     ],
 )
 def test_bad_bench_config_is_one_line(change, expected, mini_data_dir, tmp_path, capsys):

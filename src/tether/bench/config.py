@@ -54,6 +54,8 @@ class ProbeSpec:
     C: float | None = None
     eval_harmful: list[str] = field(default_factory=list)  # held-out sets measured on the reference
     eval_benign: list[str] = field(default_factory=list)
+    val_harmful: list[str] = field(default_factory=list)  # with val_benign: the layer among `layers` is chosen on these
+    val_benign: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -176,6 +178,11 @@ def _validate(config: BenchConfig, where: str) -> None:
             raise TetherInputError(f"{where}: scenario {scenario.name!r} has harmful_ratio but no benign dataset")
         if scenario.x not in (None, "harmful_ratio", "learning_rate"):
             raise TetherInputError(f"{where}: scenario {scenario.name!r}: x must be harmful_ratio or learning_rate")
+    probe = config.probe
+    if probe is not None and bool(probe.val_harmful) != bool(probe.val_benign):
+        raise TetherInputError(f"{where}: probe: val_harmful and val_benign choose the layer together; set both")
+    if probe is not None and probe.val_harmful and probe.pooling != "last-layer":
+        raise TetherInputError(f"{where}: probe: choosing the layer (val_harmful) needs pooling: last-layer")
     if config.reference.model is None and not config.reference.data:
         raise TetherInputError(f"{where}: reference needs `data` (sources to align on) or `model` (an aligned model)")
 

@@ -139,7 +139,11 @@ class Bench:
         spec = self.config.probe
         if spec is None:
             return
-        probe_spec = {"probe": _as_dict(spec), "model": self.reference_model}
+        fields = {k: v for k, v in _as_dict(spec).items() if v or k not in ("val_harmful", "val_benign")}
+        probe_spec = {
+            "probe": fields,
+            "model": self.reference_model,
+        }  # no layer selection: recorded as before it existed
         if not self.cached("probe", self.probe_dir / "probe.json", probe_spec):
             shutil.rmtree(self.probe_dir, ignore_errors=True)
             shutil.rmtree(self.out / "probe_eval", ignore_errors=True)
@@ -147,6 +151,7 @@ class Bench:
             argv = ["fit", "--model", self.reference_model, "--harmful", *spec.harmful, "--benign", *spec.benign]
             argv += ["--layers", *map(str, spec.layers), "--pooling", spec.pooling, "--out", str(self.probe_dir)]
             argv += ["--C", str(spec.C)] if spec.C is not None else []
+            argv += ["--val_harmful", *spec.val_harmful, "--val_benign", *spec.val_benign] if spec.val_harmful else []
             self.call("tether.cli.probe", argv + self.data_dir_args())
             self.record("probe", probe_spec)
         else:

@@ -187,6 +187,14 @@ def markdown(data: dict, rows: list[dict]) -> str:
             lines.append(f"| {name} | {metrics['auroc']:.3f} |")
         for name, share in data["probe_eval"].get("flagged_share", {}).items():
             lines.append(f"| flagged share of {name} | {share:.1%} |")
+    selection = (data.get("probe") or {}).get("layer_selection")
+    if selection:
+        table = ", ".join(f"{row['layer']}: {row['val_mean_auroc']:.3f}" for row in selection["candidates"])
+        lines += [
+            "",
+            f"Probe layer {selection['chosen']}, chosen by the mean validation AUROC of "
+            f"{', '.join(selection['val_harmful'])} against {', '.join(selection['val_benign'])} ({table}).",
+        ]
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(data, rows)]
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in data.get("plots", [])) if data.get("plots") else ""]
     return "\n".join(lines) + "\n"
