@@ -8,6 +8,7 @@ import yaml
 from tether.bench.config import bench_config_from_dict
 from tether.bench.report import _add_utility_kept, aggregate, targets
 from tether.cli import main
+from tether.errors import TetherInputError
 
 from .conftest import tiny_bench
 
@@ -92,6 +93,22 @@ def test_utility_kept_and_seed_spread_by_hand():
     assert a["utility_kept"] == pytest.approx(0.75) and a["utility_kept_sd"] == pytest.approx(0.3535534, abs=1e-6)
 
 
+def test_anchors_join_the_same_mix_with_risk_one(mini_data_dir):
+    """`anchor`/`n_anchor` add refusal rows (risk 1) to the scenario's rows, which stay those of the scenario without
+    anchors; too many anchors is a one-line error."""
+    from tether.bench.config import Scenario
+    from tether.bench.pipeline import scenario_rows
+
+    plain = Scenario(name="mix", benign="gsm8k", n_benign=8, harmful="pure-bad", harmful_ratio=0.2)
+    anchored = Scenario(**{**plain.__dict__, "anchor": "advbench-refusals", "n_anchor": 3})
+    base, rows = scenario_rows(plain, str(mini_data_dir), 0), scenario_rows(anchored, str(mini_data_dir), 0)
+    anchors = [r for r in rows if r not in base]
+    assert len(rows) == len(base) + 3 and all(r in rows for r in base)
+    assert all(r["risk"] == 1.0 and r["messages"][-1]["content"].startswith("I'm sorry") for r in anchors)
+    with pytest.raises(TetherInputError, match="n_anchor 50"):
+        scenario_rows(Scenario(**{**anchored.__dict__, "n_anchor": 50}), str(mini_data_dir), 0)
+
+
 def test_targets_compare_per_example_with_per_batch_and_name_c_sft():
     """A per-batch method is checked against the method that differs from it only in granularity; a mixed A-Reg
     line names C-SFT's ASR and utility kept in the same scenario."""
@@ -123,6 +140,7 @@ def test_targets_compare_per_example_with_per_batch_and_name_c_sft():
         ({"methods": [{"name": "SFT"}, {"name": "SFT"}]}, "'SFT' is used twice"),
         ({"scenarios": [{"name": "a", "harmful_ratio": 0.1}]}, "no benign dataset"),
         ({"probe": {"val_harmful": ["xstest-unsafe"]}}, "val_harmful and val_benign"),
+        ({"scenarios": [{"name": "a", "anchor": "advbench-refusals"}]}, "anchor and n_anchor go together"),
     ],
 )
 def test_bad_bench_config_is_one_line(change, expected, mini_data_dir, tmp_path, capsys):

@@ -71,6 +71,8 @@ class Scenario:
     utility: str | None = None  # held-out NLL data (default: eval.utility)
     family: str | None = None  # plot grouping
     x: str | None = None  # plotted against: harmful_ratio or learning_rate
+    anchor: str | None = None  # safety anchors: `n_anchor` rows of this chat dataset (harmful prompt, refusal), risk 1
+    n_anchor: int = 0
 
 
 @dataclass
@@ -176,6 +178,8 @@ def _validate(config: BenchConfig, where: str) -> None:
             )
         if scenario.benign is None and scenario.harmful_ratio:
             raise TetherInputError(f"{where}: scenario {scenario.name!r} has harmful_ratio but no benign dataset")
+        if (scenario.anchor is None) != (scenario.n_anchor == 0):
+            raise TetherInputError(f"{where}: scenario {scenario.name!r}: anchor and n_anchor go together; set both")
         if scenario.x not in (None, "harmful_ratio", "learning_rate"):
             raise TetherInputError(f"{where}: scenario {scenario.name!r}: x must be harmful_ratio or learning_rate")
     probe = config.probe

@@ -292,7 +292,9 @@ def reference_rows(sources: dict[str, int], data_dir: str | None, seed: int) -> 
 
 def scenario_rows(scenario: Scenario, data_dir: str | None, seed: int) -> list[dict]:
     """Pure attack: `n_harmful` harmful rows (risk 1). Mixed: `n_benign` benign rows (risk 0) plus harmful ones at
-    `harmful_ratio`, with the seeded exact counts of `tether.data.mixing`."""
+    `harmful_ratio`, with the seeded exact counts of `tether.data.mixing`. Either way, `n_anchor` rows of `anchor`
+    (harmful prompts with refusals) join with risk 1: under A-Reg (α = 1 − s) they are KL-only rows that hold the
+    reference's behaviour on harmful prompts, under SFT plain safety data."""
     from tether.data.mixing import mix_harmful
     from tether.data.sources import load_examples
 
@@ -302,11 +304,20 @@ def scenario_rows(scenario: Scenario, data_dir: str | None, seed: int) -> list[d
         n = scenario.n_harmful or len(harmful)
         if n > len(harmful):
             raise TetherInputError(f"scenario {scenario.name}: n_harmful {n} > the {len(harmful)} rows available")
-        return rng.sample(harmful, n)
-    benign = load_examples(scenario.benign, data_dir)
-    if scenario.n_benign is not None and scenario.n_benign < len(benign):
-        benign = rng.sample(benign, scenario.n_benign)
-    rows, _ = mix_harmful(benign, harmful, scenario.harmful_ratio, seed=seed)
+        rows = rng.sample(harmful, n)
+    else:
+        benign = load_examples(scenario.benign, data_dir)
+        if scenario.n_benign is not None and scenario.n_benign < len(benign):
+            benign = rng.sample(benign, scenario.n_benign)
+        rows, _ = mix_harmful(benign, harmful, scenario.harmful_ratio, seed=seed)
+    if scenario.anchor:
+        anchors = load_examples(scenario.anchor, data_dir)
+        if scenario.n_anchor > len(anchors):
+            raise TetherInputError(
+                f"scenario {scenario.name}: n_anchor {scenario.n_anchor} > the {len(anchors)} rows of {scenario.anchor}"
+            )
+        rows = rows + [{**row, "risk": 1.0} for row in rng.sample(anchors, scenario.n_anchor)]
+        rng.shuffle(rows)
     return rows
 
 
