@@ -5,8 +5,10 @@
 `tether demo`'s probe uses layer 11, picked (on the un-aligned model, `docs/probe.md`) by the mean AUROC of the very
 held-out sets it is then reported on. Here every layer is a candidate, fit on the demo's fit sets (AdvBench + 600
 safety-tuned-llamas instructions vs Alpaca 1k + 600 GSM8K questions, C by 5-fold CV, Platt-calibrated), the layer is
-chosen by the mean validation AUROC (`tether probe fit --val_harmful ... --val_benign ...`), and only then scored on
-test sets that share nothing with the validation sets:
+chosen by the mean validation AUROC (`tether probe fit --val_harmful ... --val_benign ...`), once freely and once
+among the layers that flag at most 10% of each validation benign set (`--val_max_flagged 0.1`, the issue's XSTest
+goal), and only then scored on test sets that share nothing with the validation sets (every layer with
+`--test_every_layer`, else the two chosen layers and the default):
 - validation: harmful HarmBench's own validation split (41) and the first 100 XSTest unsafe prompts; benign AlpacaEval
   prompts 300–804 and the first 125 XSTest safe prompts (hard negatives);
 - test: harmful HarmBench's test split (159), I-CoNa, I-Controversial, I-MaliciousInstructions,
@@ -40,20 +42,33 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="runs/demo/reference/model")
     parser.add_argument("--default_layer", type=int, default=DEMO_PROBE.layers[0])
+    parser.add_argument("--max_flagged", type=float, default=0.1, help="the constrained choice's limit")
+    parser.add_argument("--test_every_layer", action="store_true", help="else only the chosen layers and the default")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     model, tokenizer = load_model_and_tokenizer(args.model)
     layers = list(range(1, num_blocks(model) + 1))  # 0 (embeddings) sees only the generation prompt's last token
     bank = FeatureBank(model, tokenizer, batch_size=32, layers=layers)
     start = time.perf_counter()
-    for source in FIT_HARMFUL + FIT_BENIGN + VAL_HARMFUL + VAL_BENIGN + TEST_HARMFUL + TEST_BENIGN:
+    for source in FIT_HARMFUL + FIT_BENIGN + VAL_HARMFUL + VAL_BENIGN:
         bank(source)
     feature_seconds = time.perf_counter() - start
     candidates = layer_candidates(bank, FIT_HARMFUL, FIT_BENIGN, layers, VAL_HARMFUL, VAL_BENIGN)
     chosen = best_candidate(candidates, VAL_HARMFUL, VAL_BENIGN).layers[0]
+    constrained = best_candidate(candidates, VAL_HARMFUL, VAL_BENIGN, args.max_flagged).layers[0]
+    tested = layers if args.test_every_layer else sorted({chosen, constrained, args.default_layer})
+    test_bank = FeatureBank(model, tokenizer, batch_size=32, layers=tested)
     rows = []
     for probe, row in candidates:
-        result = evaluate(probe, bank, TEST_HARMFUL, TEST_BENIGN)
+        if row["layer"] not in tested:
+            rows.append(row)
+            print(
+                f"layer {row['layer']:2d}  validation mean {row['val_mean_auroc']:.3f} flagged "
+                f"{max(row['val_flagged'].values()):.3f}",
+                flush=True,
+            )
+            continue
+        result = evaluate(probe, test_bank, TEST_HARMFUL, TEST_BENIGN)
         aurocs = {s: m["auroc"] for s, m in result["per_harmful_set"].items()}
         held_out = [aurocs[s] for s in TEST_HARMFUL[1:]]
         rows.append(
@@ -65,14 +80,25 @@ def main():
                 "test_flagged_share": {s: result["flagged_share"][s] for s in TEST_BENIGN},
             }
         )
-        mark = " <- chosen" if row["layer"] == chosen else " <- default" if row["layer"] == args.default_layer else ""
+        marks = [(chosen, "chosen by AUROC"), (constrained, f"chosen with ≤ {args.max_flagged:.0%} flagged")]
+        mark = ", ".join(m for layer, m in marks if layer == row["layer"]) or (
+            "default" if row["layer"] == args.default_layer else ""
+        )
         print(
-            f"layer {row['layer']:2d}  validation mean {row['val_mean_auroc']:.3f}  test: HarmBench "
+            f"layer {row['layer']:2d}  validation mean {row['val_mean_auroc']:.3f} flagged "
+            f"{max(row['val_flagged'].values()):.3f}  test: HarmBench "
             f"{aurocs['harmbench-test']:.3f}  four held-out mean {np.mean(held_out):.3f} worst {min(held_out):.3f}  "
-            f"XSTest-safe flagged {result['flagged_share']['xstest-safe:125-250']:.3f}{mark}",
+            f"XSTest-safe flagged {result['flagged_share']['xstest-safe:125-250']:.3f}  {mark}",
             flush=True,
         )
-    summary = {"chosen": chosen, "default": args.default_layer, "feature_seconds": feature_seconds, "rows": rows}
+    summary = {
+        "chosen_by_auroc": chosen,
+        "max_flagged": args.max_flagged,
+        "chosen_with_max_flagged": constrained,
+        "default": args.default_layer,
+        "fit_and_validation_feature_seconds": feature_seconds,
+        "rows": rows,
+    }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=2))

@@ -350,7 +350,27 @@ def test_cli_fit_selects_the_layer_on_validation_sets(tmp_path, capsys):
     assert "validation AUROC mean" in capsys.readouterr().out
     for extra, message in [
         (selection[:2], "both --val_harmful and --val_benign"),
+        (["--val_max_flagged", "0.1"], "constrains the layer selection"),
         ([*selection, "--pooling", "mean"], "drop --pooling mean"),
     ]:
         assert main([*fit, *extra, "--out", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_best_candidate_respects_the_flagged_share_limit():
+    """The best mean validation AUROC among layers that flag at most `max_flagged` of every validation benign set;
+    none allowed is a one-line error naming the lowest share."""
+    from types import SimpleNamespace
+
+    from tether.critics.probe_sweep import best_candidate
+
+    def candidate(layer, auroc, flagged):
+        row = {"layer": layer, "val_mean_auroc": auroc, "val_flagged": {"easy": 0.0, "hard": flagged}}
+        return SimpleNamespace(metadata={}), row
+
+    candidates = [candidate(5, 0.90, 0.02), candidate(11, 0.93, 0.08), candidate(21, 0.97, 0.22)]
+    assert best_candidate(candidates, ["h"], ["easy", "hard"]).metadata["layer_selection"]["chosen"] == 21
+    chosen = best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged=0.1)
+    assert chosen is candidates[1][0] and chosen.metadata["layer_selection"]["max_flagged"] == 0.1
+    with pytest.raises(TetherInputError, match=r"at most 1.0% .*lowest: 2.0%"):
+        best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged=0.01)

@@ -139,7 +139,8 @@ class Bench:
         spec = self.config.probe
         if spec is None:
             return
-        fields = {k: v for k, v in _as_dict(spec).items() if v or k not in ("val_harmful", "val_benign")}
+        optional = ("val_harmful", "val_benign", "val_max_flagged")
+        fields = {k: v for k, v in _as_dict(spec).items() if v is not None and v != [] or k not in optional}
         probe_spec = {
             "probe": fields,
             "model": self.reference_model,
@@ -152,6 +153,7 @@ class Bench:
             argv += ["--layers", *map(str, spec.layers), "--pooling", spec.pooling, "--out", str(self.probe_dir)]
             argv += ["--C", str(spec.C)] if spec.C is not None else []
             argv += ["--val_harmful", *spec.val_harmful, "--val_benign", *spec.val_benign] if spec.val_harmful else []
+            argv += ["--val_max_flagged", str(spec.val_max_flagged)] if spec.val_max_flagged is not None else []
             self.call("tether.cli.probe", argv + self.data_dir_args())
             self.record("probe", probe_spec)
         else:

@@ -35,6 +35,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="with --val_benign: a one-layer probe at each of --layers, the best by mean AUROC on these sets kept",
     )
     fit.add_argument("--val_benign", nargs="+", default=None, help="benign validation sets of the layer selection")
+    fit.add_argument(
+        "--val_max_flagged",
+        type=float,
+        default=None,
+        help="layer selection: only layers flagging at most this share of each validation benign set at 0.5",
+    )
     fit.add_argument("--C", type=float, default=None, help="inverse L2 strength (default: 5-fold CV)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(
@@ -91,6 +97,8 @@ def main(argv: list[str]) -> int:
         raise TetherInputError(f"probe output {args.out} already exists; pass another --out")
     if args.verb == "fit" and (args.val_harmful is None) != (args.val_benign is None):
         raise TetherInputError("layer selection needs both --val_harmful and --val_benign; pass both or neither")
+    if args.verb == "fit" and args.val_max_flagged is not None and not args.val_harmful:
+        raise TetherInputError("--val_max_flagged constrains the layer selection; pass --val_harmful and --val_benign")
     if args.verb == "fit" and args.val_harmful and args.pooling not in (None, "last-layer"):
         raise TetherInputError(f"layer selection (--val_harmful) fits one-layer probes; drop --pooling {args.pooling}")
     model, tokenizer = load_model_and_tokenizer(model_name)
@@ -110,11 +118,23 @@ def main(argv: list[str]) -> int:
             probe = fit_from_sources(bank, args.harmful, args.benign, args.layers, pooling, args.C, args.seed)
         else:
             probe = select_layer(
-                bank, args.harmful, args.benign, args.layers, args.val_harmful, args.val_benign, args.C, args.seed
+                bank,
+                args.harmful,
+                args.benign,
+                args.layers,
+                args.val_harmful,
+                args.val_benign,
+                args.C,
+                args.seed,
+                args.val_max_flagged,
             )
             for row in probe.metadata["layer_selection"]["candidates"]:
                 aurocs = "  ".join(f"{s} {a:.3f}" for s, a in row["val_auroc"].items())
-                print(f"layer {row['layer']:3d}  validation AUROC mean {row['val_mean_auroc']:.3f}  ({aurocs})")
+                flagged = "  ".join(f"{s} {share:.1%}" for s, share in row["val_flagged"].items())
+                print(
+                    f"layer {row['layer']:3d}  validation AUROC mean {row['val_mean_auroc']:.3f}  ({aurocs}); "
+                    f"flagged {flagged}"
+                )
         probe.metadata["model"]["name"] = model_name
         probe.metadata["fit_metrics"] = evaluate(probe, bank, args.harmful, args.benign)
         probe.save(args.out)

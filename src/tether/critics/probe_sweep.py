@@ -139,24 +139,40 @@ def layer_candidates(
     seed: int = 0,
 ) -> list[tuple[LinearProbe, dict]]:
     """A one-layer probe at each layer, fit on `harmful` vs `benign`, with its AUROC on each validation harmful set
-    (against the validation benign sets together) and their mean."""
+    (against the validation benign sets together), their mean, and the share of each validation benign set flagged
+    at risk ≥ 0.5."""
     candidates = []
     for layer in layers:
         probe = fit_from_sources(bank, harmful, benign, [layer], "last-layer", C=C, seed=seed)
         result = evaluate(probe, bank, val_harmful, val_benign)
         aurocs = {s: m["auroc"] for s, m in result["per_harmful_set"].items()}
-        row = {"layer": layer, "C": probe.metadata["C"], "val_auroc": aurocs}
+        flagged = {s: result["flagged_share"][s] for s in val_benign}
+        row = {"layer": layer, "C": probe.metadata["C"], "val_auroc": aurocs, "val_flagged": flagged}
         candidates.append((probe, {**row, "val_mean_auroc": float(np.mean(list(aurocs.values())))}))
     return candidates
 
 
-def best_candidate(candidates: list[tuple[LinearProbe, dict]], val_harmful: list[str], val_benign: list[str]):
-    """The candidate with the best mean validation AUROC (the first on a tie); its metadata records every
-    candidate's row under `layer_selection`."""
-    probe, row = max(candidates, key=lambda candidate: candidate[1]["val_mean_auroc"])
+def best_candidate(
+    candidates: list[tuple[LinearProbe, dict]],
+    val_harmful: list[str],
+    val_benign: list[str],
+    max_flagged: float | None = None,
+):
+    """The candidate with the best mean validation AUROC (the first on a tie) among those that flag at most
+    `max_flagged` of every validation benign set (all, if None); its metadata records every candidate's row under
+    `layer_selection`."""
+    allowed = [c for c in candidates if max_flagged is None or max(c[1]["val_flagged"].values()) <= max_flagged]
+    if not allowed:
+        lowest = min(max(row["val_flagged"].values()) for _, row in candidates)
+        raise TetherInputError(
+            f"no candidate layer flags at most {max_flagged:.1%} of every validation benign set (the lowest: "
+            f"{lowest:.1%}); raise --val_max_flagged or add layers"
+        )
+    probe, row = max(allowed, key=lambda candidate: candidate[1]["val_mean_auroc"])
     probe.metadata["layer_selection"] = {
         "val_harmful": val_harmful,
         "val_benign": val_benign,
+        "max_flagged": max_flagged,
         "chosen": row["layer"],
         "candidates": [row for _, row in candidates],
     }
@@ -172,10 +188,12 @@ def select_layer(
     val_benign: list[str],
     C: float | None = None,
     seed: int = 0,
+    max_flagged: float | None = None,
 ) -> LinearProbe:
-    """The one-layer probe, among `layers`, with the best mean AUROC on the validation sets (`layer_candidates`)."""
+    """The one-layer probe, among `layers`, with the best mean AUROC on the validation sets (`layer_candidates`),
+    among those flagging at most `max_flagged` of each validation benign set (`best_candidate`)."""
     candidates = layer_candidates(bank, harmful, benign, layers, val_harmful, val_benign, C, seed)
-    return best_candidate(candidates, val_harmful, val_benign)
+    return best_candidate(candidates, val_harmful, val_benign, max_flagged)
 
 
 def sweep(
