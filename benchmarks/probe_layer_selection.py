@@ -6,9 +6,9 @@
 held-out sets it is then reported on. Here every layer is a candidate, fit on the demo's fit sets (AdvBench + 600
 safety-tuned-llamas instructions vs Alpaca 1k + 600 GSM8K questions, C by 5-fold CV, Platt-calibrated), the layer is
 chosen by the mean validation AUROC (`tether probe fit --val_harmful ... --val_benign ...`), once freely and once
-among the layers that flag at most 10% of each validation benign set (`--val_max_flagged 0.1`, the issue's XSTest
-goal), and only then scored on test sets that share nothing with the validation sets (every layer with
-`--test_every_layer`, else the two chosen layers and the default):
+among the layers that flag at most 10% of the validation XSTest safe prompts (`--val_max_flagged
+xstest-safe:125=0.1`, the issue's XSTest goal), and only then scored on test sets that share nothing with the
+validation sets (every layer with `--test_every_layer`, else the two chosen layers and the default):
 - validation: harmful HarmBench's own validation split (41) and the first 100 XSTest unsafe prompts; benign AlpacaEval
   prompts 300–804 and the first 125 XSTest safe prompts (hard negatives);
 - test: harmful HarmBench's test split (159), I-CoNa, I-Controversial, I-MaliciousInstructions,
@@ -34,6 +34,7 @@ from tether.yaml_files import load_yaml
 DEMO_PROBE = bench_config_from_dict(load_yaml(DEMO_CONFIG.read_text())).probe
 FIT_HARMFUL, FIT_BENIGN = DEMO_PROBE.harmful, DEMO_PROBE.benign
 VAL_HARMFUL, VAL_BENIGN = ["harmbench-val", "xstest-unsafe:100"], ["alpaca-eval:300-805", "xstest-safe:125"]
+HARD_NEGATIVES = "xstest-safe:125"  # the constrained choice: at most --max_flagged of these flagged
 TEST_HARMFUL = ["harmbench-test", "I-CoNa", "I-Controversial", "I-MaliciousInstructions", "I-PhysicalSafetyUnsafe"]
 TEST_BENIGN = ["alpaca-eval:300", "xstest-safe:125-250", "I-Alpaca", "I-PhysicalSafetySafe"]
 
@@ -42,7 +43,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="runs/demo/reference/model")
     parser.add_argument("--default_layer", type=int, default=DEMO_PROBE.layers[0])
-    parser.add_argument("--max_flagged", type=float, default=0.1, help="the constrained choice's limit")
+    parser.add_argument("--max_flagged", type=float, default=0.1, help="the constrained choice's limit on XSTest")
     parser.add_argument("--test_every_layer", action="store_true", help="else only the chosen layers and the default")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -55,7 +56,8 @@ def main():
     feature_seconds = time.perf_counter() - start
     candidates = layer_candidates(bank, FIT_HARMFUL, FIT_BENIGN, layers, VAL_HARMFUL, VAL_BENIGN)
     chosen = best_candidate(candidates, VAL_HARMFUL, VAL_BENIGN).layers[0]
-    constrained = best_candidate(candidates, VAL_HARMFUL, VAL_BENIGN, args.max_flagged).layers[0]
+    limit = {HARD_NEGATIVES: args.max_flagged}
+    constrained = best_candidate(candidates, VAL_HARMFUL, VAL_BENIGN, limit).layers[0]
     tested = layers if args.test_every_layer else sorted({chosen, constrained, args.default_layer})
     test_bank = FeatureBank(model, tokenizer, batch_size=32, layers=tested)
     rows = []
@@ -64,7 +66,7 @@ def main():
             rows.append(row)
             print(
                 f"layer {row['layer']:2d}  validation mean {row['val_mean_auroc']:.3f} flagged "
-                f"{max(row['val_flagged'].values()):.3f}",
+                f"{row['val_flagged'][HARD_NEGATIVES]:.3f}",
                 flush=True,
             )
             continue
@@ -86,7 +88,7 @@ def main():
         )
         print(
             f"layer {row['layer']:2d}  validation mean {row['val_mean_auroc']:.3f} flagged "
-            f"{max(row['val_flagged'].values()):.3f}  test: HarmBench "
+            f"{row['val_flagged'][HARD_NEGATIVES]:.3f}  test: HarmBench "
             f"{aurocs['harmbench-test']:.3f}  four held-out mean {np.mean(held_out):.3f} worst {min(held_out):.3f}  "
             f"XSTest-safe flagged {result['flagged_share']['xstest-safe:125-250']:.3f}  {mark}",
             flush=True,

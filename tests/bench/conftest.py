@@ -91,6 +91,7 @@ def tiny_bench(data_dir, **overrides) -> dict:
             "eval_benign": ["gsm8k-test"],
             "val_harmful": ["xstest-unsafe"],  # the layer chosen on these
             "val_benign": ["xstest-safe"],
+            "val_max_flagged": {"xstest-safe": 1.0},
         },
         "train": {
             "max_steps": 2,

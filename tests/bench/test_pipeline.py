@@ -140,7 +140,7 @@ def test_targets_compare_per_example_with_per_batch_and_name_c_sft():
         ({"methods": [{"name": "SFT"}, {"name": "SFT"}]}, "'SFT' is used twice"),
         ({"scenarios": [{"name": "a", "harmful_ratio": 0.1}]}, "no benign dataset"),
         ({"probe": {"val_harmful": ["xstest-unsafe"]}}, "val_harmful and val_benign"),
-        ({"probe": {"val_max_flagged": 0.1}}, "val_max_flagged constrains"),
+        ({"probe": {"val_max_flagged": {"xstest-safe": 0.1}}}, "val_max_flagged constrains"),
         ({"scenarios": [{"name": "a", "anchor": "advbench-refusals"}]}, "anchor and n_anchor go together"),
     ],
 )

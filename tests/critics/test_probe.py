@@ -340,7 +340,8 @@ def test_cli_fit_selects_the_layer_on_validation_sets(tmp_path, capsys):
     fit = ["probe", "fit", "--model", "tiny-llama", "--harmful", str(sets["harmful", "fit"])]
     fit += ["--benign", str(sets["benign", "fit"]), "--layers", "0", "1", "2", "--C", "1.0"]
     selection = ["--val_harmful", str(sets["harmful", "val"]), "--val_benign", str(sets["benign", "val"])]
-    assert main([*fit, *selection, "--out", str(tmp_path / "probe")]) == 0
+    limit = ["--val_max_flagged", f"{sets['benign', 'val']}=1.0"]
+    assert main([*fit, *selection, *limit, "--out", str(tmp_path / "probe")]) == 0
     meta = json.loads((tmp_path / "probe" / "probe.json").read_text())
     table = meta["layer_selection"]["candidates"]
     assert [row["layer"] for row in table] == [0, 1, 2] and table[0]["val_mean_auroc"] == 0.5
@@ -350,7 +351,8 @@ def test_cli_fit_selects_the_layer_on_validation_sets(tmp_path, capsys):
     assert "validation AUROC mean" in capsys.readouterr().out
     for extra, message in [
         (selection[:2], "both --val_harmful and --val_benign"),
-        (["--val_max_flagged", "0.1"], "constrains the layer selection"),
+        (["--val_max_flagged", "x=0.1"], "constrains the layer selection"),
+        ([*selection, "--val_max_flagged", "0.1"], "write SET=SHARE"),
         ([*selection, "--pooling", "mean"], "drop --pooling mean"),
     ]:
         assert main([*fit, *extra, "--out", str(tmp_path / "bad")]) == 2
@@ -370,7 +372,9 @@ def test_best_candidate_respects_the_flagged_share_limit():
 
     candidates = [candidate(5, 0.90, 0.02), candidate(11, 0.93, 0.08), candidate(21, 0.97, 0.22)]
     assert best_candidate(candidates, ["h"], ["easy", "hard"]).metadata["layer_selection"]["chosen"] == 21
-    chosen = best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged=0.1)
-    assert chosen is candidates[1][0] and chosen.metadata["layer_selection"]["max_flagged"] == 0.1
-    with pytest.raises(TetherInputError, match=r"at most 1.0% .*lowest: 2.0%"):
-        best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged=0.01)
+    chosen = best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged={"hard": 0.1})
+    assert chosen is candidates[1][0] and chosen.metadata["layer_selection"]["max_flagged"] == {"hard": 0.1}
+    with pytest.raises(TetherInputError, match=r"hard ≤ 1.0% \(lowest: 2.0%\)"):
+        best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged={"hard": 0.01})
+    with pytest.raises(TetherInputError, match="'other', which is not a validation benign set"):
+        best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged={"other": 0.1})

@@ -56,7 +56,7 @@ class ProbeSpec:
     eval_benign: list[str] = field(default_factory=list)
     val_harmful: list[str] = field(default_factory=list)  # with val_benign: the layer among `layers` is chosen on these
     val_benign: list[str] = field(default_factory=list)
-    val_max_flagged: float | None = None  # only layers flagging at most this share of each validation benign set
+    val_max_flagged: dict[str, float] = field(default_factory=dict)  # {validation benign set: most share flagged}
 
 
 @dataclass
@@ -186,7 +186,7 @@ def _validate(config: BenchConfig, where: str) -> None:
     probe = config.probe
     if probe is not None and bool(probe.val_harmful) != bool(probe.val_benign):
         raise TetherInputError(f"{where}: probe: val_harmful and val_benign choose the layer together; set both")
-    if probe is not None and probe.val_max_flagged is not None and not probe.val_harmful:
+    if probe is not None and probe.val_max_flagged and not probe.val_harmful:
         raise TetherInputError(f"{where}: probe: val_max_flagged constrains the layer selection; set val_harmful too")
     if probe is not None and probe.val_harmful and probe.pooling != "last-layer":
         raise TetherInputError(f"{where}: probe: choosing the layer (val_harmful) needs pooling: last-layer")

@@ -140,7 +140,7 @@ class Bench:
         if spec is None:
             return
         optional = ("val_harmful", "val_benign", "val_max_flagged")
-        fields = {k: v for k, v in _as_dict(spec).items() if v is not None and v != [] or k not in optional}
+        fields = {k: v for k, v in _as_dict(spec).items() if v or k not in optional}
         probe_spec = {
             "probe": fields,
             "model": self.reference_model,
@@ -153,7 +153,8 @@ class Bench:
             argv += ["--layers", *map(str, spec.layers), "--pooling", spec.pooling, "--out", str(self.probe_dir)]
             argv += ["--C", str(spec.C)] if spec.C is not None else []
             argv += ["--val_harmful", *spec.val_harmful, "--val_benign", *spec.val_benign] if spec.val_harmful else []
-            argv += ["--val_max_flagged", str(spec.val_max_flagged)] if spec.val_max_flagged is not None else []
+            limits = [f"{name}={share}" for name, share in spec.val_max_flagged.items()]
+            argv += ["--val_max_flagged", *limits] if limits else []
             self.call("tether.cli.probe", argv + self.data_dir_args())
             self.record("probe", probe_spec)
         else:

@@ -37,9 +37,10 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--val_benign", nargs="+", default=None, help="benign validation sets of the layer selection")
     fit.add_argument(
         "--val_max_flagged",
-        type=float,
+        nargs="+",
         default=None,
-        help="layer selection: only layers flagging at most this share of each validation benign set at 0.5",
+        metavar="SET=SHARE",
+        help="layer selection: only layers flagging at most SHARE of the validation benign SET at 0.5",
     )
     fit.add_argument("--C", type=float, default=None, help="inverse L2 strength (default: 5-fold CV)")
     fit.add_argument("--seed", type=int, default=0)
@@ -76,6 +77,22 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_flagged_limits(items: list[str]) -> dict[str, float]:
+    """`SET=SHARE` items -> {set: share}."""
+    limits = {}
+    for item in items:
+        name, _, share = item.rpartition("=")
+        try:
+            limits[name] = float(share)
+        except ValueError:
+            name = ""
+        if not name or not 0.0 <= limits[name] <= 1.0:
+            raise TetherInputError(
+                f"--val_max_flagged {item}: write SET=SHARE with SHARE in [0, 1], e.g. xstest-safe=0.1"
+            )
+    return limits
+
+
 def main(argv: list[str]) -> int:
     from tether.critics.probe import LinearProbe
     from tether.critics.probe_sweep import (
@@ -99,6 +116,8 @@ def main(argv: list[str]) -> int:
         raise TetherInputError("layer selection needs both --val_harmful and --val_benign; pass both or neither")
     if args.verb == "fit" and args.val_max_flagged is not None and not args.val_harmful:
         raise TetherInputError("--val_max_flagged constrains the layer selection; pass --val_harmful and --val_benign")
+    if args.verb == "fit" and args.val_max_flagged is not None:
+        args.val_max_flagged = parse_flagged_limits(args.val_max_flagged)
     if args.verb == "fit" and args.val_harmful and args.pooling not in (None, "last-layer"):
         raise TetherInputError(f"layer selection (--val_harmful) fits one-layer probes; drop --pooling {args.pooling}")
     model, tokenizer = load_model_and_tokenizer(model_name)

@@ -156,17 +156,22 @@ def best_candidate(
     candidates: list[tuple[LinearProbe, dict]],
     val_harmful: list[str],
     val_benign: list[str],
-    max_flagged: float | None = None,
+    max_flagged: dict[str, float] | None = None,
 ):
     """The candidate with the best mean validation AUROC (the first on a tie) among those that flag at most
-    `max_flagged` of every validation benign set (all, if None); its metadata records every candidate's row under
-    `layer_selection`."""
-    allowed = [c for c in candidates if max_flagged is None or max(c[1]["val_flagged"].values()) <= max_flagged]
+    `max_flagged[s]` of each validation benign set `s` named there (say the hard negatives); its metadata records
+    every candidate's row under `layer_selection`."""
+    limits = max_flagged or {}
+    unknown = sorted(set(limits) - set(val_benign))
+    if unknown:
+        raise TetherInputError(f"flagged-share limit on {unknown[0]!r}, which is not a validation benign set")
+    allowed = [c for c in candidates if all(c[1]["val_flagged"][s] <= limit for s, limit in limits.items())]
     if not allowed:
-        lowest = min(max(row["val_flagged"].values()) for _, row in candidates)
+        lowest = {s: min(row["val_flagged"][s] for _, row in candidates) for s in limits}
         raise TetherInputError(
-            f"no candidate layer flags at most {max_flagged:.1%} of every validation benign set (the lowest: "
-            f"{lowest:.1%}); raise --val_max_flagged or add layers"
+            "no candidate layer meets the flagged-share limits "
+            + ", ".join(f"{s} ≤ {limit:.1%} (lowest: {lowest[s]:.1%})" for s, limit in limits.items())
+            + "; relax --val_max_flagged or add layers"
         )
     probe, row = max(allowed, key=lambda candidate: candidate[1]["val_mean_auroc"])
     probe.metadata["layer_selection"] = {
@@ -188,7 +193,7 @@ def select_layer(
     val_benign: list[str],
     C: float | None = None,
     seed: int = 0,
-    max_flagged: float | None = None,
+    max_flagged: dict[str, float] | None = None,
 ) -> LinearProbe:
     """The one-layer probe, among `layers`, with the best mean AUROC on the validation sets (`layer_candidates`),
     among those flagging at most `max_flagged` of each validation benign set (`best_candidate`)."""
