@@ -261,7 +261,7 @@ def plot(data: dict, rows: list[dict], out_dir: Path) -> list[str]:
     key = f"{HARMFUL}_asr"
     families = sorted({(r["family"], _axis(data, r)) for r in rows if r["family"] and r["x"] is not None})
     for family, axis in families:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = plt.subplots(figsize=(7.5, 3.5))
         for method in dict.fromkeys(r["method"] for r in rows if r["family"] == family):
             points = sorted(
                 (r["x"], r[key]) for r in rows if r["family"] == family and r["method"] == method and key in r
@@ -273,7 +273,7 @@ def plot(data: dict, rows: list[dict], out_dir: Path) -> list[str]:
         if axis == "learning_rate":
             ax.set_xscale("log")
         ax.set(xlabel=axis, ylabel="HarmBench keyword ASR (%)", title=family, ylim=(-2, 102))
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: it hid points
         name = f"asr_vs_{'hr' if axis == 'harmful_ratio' else 'lr'}_{slug(family)}.png"
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=120)
