@@ -353,6 +353,7 @@ def test_cli_fit_selects_the_layer_on_validation_sets(tmp_path, capsys):
         (selection[:2], "both --val_harmful and --val_benign"),
         (["--val_max_flagged", "x=0.1"], "constrains the layer selection"),
         ([*selection, "--val_max_flagged", "0.1"], "write SET=SHARE"),
+        ([*selection, "--val_max_flagged", "other=0.1"], "names other, not one of --val_benign"),
         ([*selection, "--pooling", "mean"], "drop --pooling mean"),
     ]:
         assert main([*fit, *extra, "--out", str(tmp_path / "bad")]) == 2

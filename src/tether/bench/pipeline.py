@@ -139,12 +139,9 @@ class Bench:
         spec = self.config.probe
         if spec is None:
             return
-        optional = ("val_harmful", "val_benign", "val_max_flagged")
+        optional = ("val_harmful", "val_benign", "val_max_flagged")  # left out when unset: older records stay valid
         fields = {k: v for k, v in _as_dict(spec).items() if v or k not in optional}
-        probe_spec = {
-            "probe": fields,
-            "model": self.reference_model,
-        }  # no layer selection: recorded as before it existed
+        probe_spec = {"probe": fields, "model": self.reference_model}
         if not self.cached("probe", self.probe_dir / "probe.json", probe_spec):
             shutil.rmtree(self.probe_dir, ignore_errors=True)
             shutil.rmtree(self.out / "probe_eval", ignore_errors=True)

@@ -118,6 +118,9 @@ def main(argv: list[str]) -> int:
         raise TetherInputError("--val_max_flagged constrains the layer selection; pass --val_harmful and --val_benign")
     if args.verb == "fit" and args.val_max_flagged is not None:
         args.val_max_flagged = parse_flagged_limits(args.val_max_flagged)
+        unknown = sorted(set(args.val_max_flagged) - set(args.val_benign))
+        if unknown:
+            raise TetherInputError(f"--val_max_flagged names {unknown[0]}, not one of --val_benign; limit those sets")
     if args.verb == "fit" and args.val_harmful and args.pooling not in (None, "last-layer"):
         raise TetherInputError(f"layer selection (--val_harmful) fits one-layer probes; drop --pooling {args.pooling}")
     model, tokenizer = load_model_and_tokenizer(model_name)
