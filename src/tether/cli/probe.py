@@ -97,9 +97,10 @@ def main(argv: list[str]) -> int:
     from tether.critics.probe import LinearProbe
     from tether.critics.probe_sweep import (
         FeatureBank,
+        best_candidate,
         evaluate,
         fit_from_sources,
-        select_layer,
+        layer_candidates,
         sweep,
         write_sweep_report,
     )
@@ -139,17 +140,10 @@ def main(argv: list[str]) -> int:
             pooling = args.pooling or "mean"
             probe = fit_from_sources(bank, args.harmful, args.benign, args.layers, pooling, args.C, args.seed)
         else:
-            probe = select_layer(
-                bank,
-                args.harmful,
-                args.benign,
-                args.layers,
-                args.val_harmful,
-                args.val_benign,
-                args.C,
-                args.seed,
-                args.val_max_flagged,
+            candidates = layer_candidates(
+                bank, args.harmful, args.benign, args.layers, args.val_harmful, args.val_benign, args.C, args.seed
             )
+            probe = best_candidate(candidates, args.val_harmful, args.val_benign, args.val_max_flagged)
             for row in probe.metadata["layer_selection"]["candidates"]:
                 aurocs = "  ".join(f"{s} {a:.3f}" for s, a in row["val_auroc"].items())
                 flagged = "  ".join(f"{s} {share:.1%}" for s, share in row["val_flagged"].items())

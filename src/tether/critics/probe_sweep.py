@@ -184,23 +184,6 @@ def best_candidate(
     return probe
 
 
-def select_layer(
-    bank: FeatureBank,
-    harmful: list[str],
-    benign: list[str],
-    layers: list[int],
-    val_harmful: list[str],
-    val_benign: list[str],
-    C: float | None = None,
-    seed: int = 0,
-    max_flagged: dict[str, float] | None = None,
-) -> LinearProbe:
-    """The one-layer probe, among `layers`, with the best mean AUROC on the validation sets (`layer_candidates`),
-    among those flagging at most `max_flagged` of each validation benign set (`best_candidate`)."""
-    candidates = layer_candidates(bank, harmful, benign, layers, val_harmful, val_benign, C, seed)
-    return best_candidate(candidates, val_harmful, val_benign, max_flagged)
-
-
 def sweep(
     bank: FeatureBank,
     fit_harmful,
