@@ -89,12 +89,12 @@ def load_prompts(source: str, data_dir: str | None = None) -> list[list[dict]]:
 
 
 def _prompt_slice(source: str, limit: str) -> slice:
-    start, dash, stop = limit.partition("-")
-    if not (stop if dash else start).isdigit() or (dash and not start.isdigit()):
+    bounds = limit.split("-")
+    if len(bounds) > 2 or not all(bound.isdigit() for bound in bounds):
         raise TetherInputError(
             f"prompt source {source}: after the colon write N (the first N) or A-B (prompts A to B-1)"
         )
-    return slice(int(start), int(stop)) if dash else slice(int(start))
+    return slice(*map(int, bounds)) if len(bounds) == 2 else slice(int(bounds[0]))
 
 
 def _read_named(kind, path, column, keep) -> list[str]:
