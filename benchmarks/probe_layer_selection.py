@@ -14,6 +14,10 @@ validation sets (every layer with `--test_every_layer`, else the two chosen laye
 - test: harmful HarmBench's test split (159), I-CoNa, I-Controversial, I-MaliciousInstructions,
   I-PhysicalSafetyUnsafe; benign the first 300 AlpacaEval prompts, XSTest safe prompts 125–249, I-Alpaca,
   I-PhysicalSafetySafe.
+XSTest lists its prompts by type (homonyms first, ...), so its first and second halves hold different types.
+`--split interleaved` takes the even-numbered XSTest prompts for validation (`xstest-safe:0-250/2`,
+`xstest-unsafe:0-200/2`) and the odd-numbered safe ones for the test (`xstest-safe:1-250/2`): the same types on
+both sides.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from tether.yaml_files import load_yaml
 
 DEMO_PROBE = bench_config_from_dict(load_yaml(DEMO_CONFIG.read_text())).probe
 FIT_HARMFUL, FIT_BENIGN = DEMO_PROBE.harmful, DEMO_PROBE.benign
-VAL_HARMFUL, VAL_BENIGN = ["harmbench-val", "xstest-unsafe:100"], ["alpaca-eval:300-805", "xstest-safe:125"]
-HARD_NEGATIVES = "xstest-safe:125"  # the constrained choice: at most --max_flagged of these flagged
 TEST_HARMFUL = ["harmbench-test", "I-CoNa", "I-Controversial", "I-MaliciousInstructions", "I-PhysicalSafetyUnsafe"]
-TEST_BENIGN = ["alpaca-eval:300", "xstest-safe:125-250", "I-Alpaca", "I-PhysicalSafetySafe"]
+SPLITS = {  # XSTest: (validation unsafe, validation safe = the hard negatives, test safe)
+    "halves": ("xstest-unsafe:100", "xstest-safe:125", "xstest-safe:125-250"),
+    "interleaved": ("xstest-unsafe:0-200/2", "xstest-safe:0-250/2", "xstest-safe:1-250/2"),
+}
 
 
 def main():
@@ -45,19 +50,23 @@ def main():
     parser.add_argument("--default_layer", type=int, default=DEMO_PROBE.layers[0])
     parser.add_argument("--max_flagged", type=float, default=0.1, help="the constrained choice's limit on XSTest")
     parser.add_argument("--test_every_layer", action="store_true", help="else only the chosen layers and the default")
+    parser.add_argument("--split", choices=list(SPLITS), default="halves", help="how XSTest is split (see above)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    xstest_unsafe, hard_negatives, xstest_test = SPLITS[args.split]
+    val_harmful, val_benign = ["harmbench-val", xstest_unsafe], ["alpaca-eval:300-805", hard_negatives]
+    test_benign = ["alpaca-eval:300", xstest_test, "I-Alpaca", "I-PhysicalSafetySafe"]
     model, tokenizer = load_model_and_tokenizer(args.model)
     layers = list(range(1, num_blocks(model) + 1))  # 0 (embeddings) sees only the generation prompt's last token
     bank = FeatureBank(model, tokenizer, batch_size=32, layers=layers)
     start = time.perf_counter()
-    for source in FIT_HARMFUL + FIT_BENIGN + VAL_HARMFUL + VAL_BENIGN:
+    for source in FIT_HARMFUL + FIT_BENIGN + val_harmful + val_benign:
         bank(source)
     feature_seconds = time.perf_counter() - start
-    candidates = layer_candidates(bank, FIT_HARMFUL, FIT_BENIGN, layers, VAL_HARMFUL, VAL_BENIGN)
-    chosen = best_candidate(candidates, VAL_HARMFUL, VAL_BENIGN).layers[0]
-    limit = {HARD_NEGATIVES: args.max_flagged}
-    constrained = best_candidate(candidates, VAL_HARMFUL, VAL_BENIGN, limit).layers[0]
+    candidates = layer_candidates(bank, FIT_HARMFUL, FIT_BENIGN, layers, val_harmful, val_benign)
+    chosen = best_candidate(candidates, val_harmful, val_benign).layers[0]
+    limit = {hard_negatives: args.max_flagged}
+    constrained = best_candidate(candidates, val_harmful, val_benign, limit).layers[0]
     tested = layers if args.test_every_layer else sorted({chosen, constrained, args.default_layer})
     test_bank = FeatureBank(model, tokenizer, batch_size=32, layers=tested)
     rows = []
@@ -66,11 +75,11 @@ def main():
             rows.append(row)
             print(
                 f"layer {row['layer']:2d}  validation mean {row['val_mean_auroc']:.3f} flagged "
-                f"{row['val_flagged'][HARD_NEGATIVES]:.3f}",
+                f"{row['val_flagged'][hard_negatives]:.3f}",
                 flush=True,
             )
             continue
-        result = evaluate(probe, test_bank, TEST_HARMFUL, TEST_BENIGN)
+        result = evaluate(probe, test_bank, TEST_HARMFUL, test_benign)
         aurocs = {s: m["auroc"] for s, m in result["per_harmful_set"].items()}
         held_out = [aurocs[s] for s in TEST_HARMFUL[1:]]
         rows.append(
@@ -79,7 +88,7 @@ def main():
                 "test_auroc": aurocs,
                 "test_mean_of_four": float(np.mean(held_out)),
                 "test_worst_of_four": float(min(held_out)),
-                "test_flagged_share": {s: result["flagged_share"][s] for s in TEST_BENIGN},
+                "test_flagged_share": {s: result["flagged_share"][s] for s in test_benign},
             }
         )
         marks = [(chosen, "chosen by AUROC"), (constrained, f"chosen with ≤ {args.max_flagged:.0%} flagged")]
@@ -88,12 +97,15 @@ def main():
         )
         print(
             f"layer {row['layer']:2d}  validation mean {row['val_mean_auroc']:.3f} flagged "
-            f"{row['val_flagged'][HARD_NEGATIVES]:.3f}  test: HarmBench "
+            f"{row['val_flagged'][hard_negatives]:.3f}  test: HarmBench "
             f"{aurocs['harmbench-test']:.3f}  four held-out mean {np.mean(held_out):.3f} worst {min(held_out):.3f}  "
-            f"XSTest-safe flagged {result['flagged_share']['xstest-safe:125-250']:.3f}  {mark}",
+            f"XSTest-safe flagged {result['flagged_share'][xstest_test]:.3f}  {mark}",
             flush=True,
         )
     summary = {
+        "split": args.split,
+        "validation": {"harmful": val_harmful, "benign": val_benign},
+        "test": {"harmful": TEST_HARMFUL, "benign": test_benign},
         "chosen_by_auroc": chosen,
         "max_flagged": args.max_flagged,
         "chosen_with_max_flagged": constrained,

@@ -31,7 +31,8 @@ def test_bench_config_parses(path, tmp_path):
 
     bench = load_bench_config(path)
     for scenario, method, seed in bench.runs():
-        settings = {**bench.train, **scenario.train, **method.train, "seed": seed, "dataset": "tiny-synthetic"}
+        trained = bench.trained(method)  # an Antidote method: the run it prunes
+        settings = {**bench.train, **scenario.train, **trained.train, "seed": seed, "dataset": "tiny-synthetic"}
         if settings.get("critic") == "probe":
             settings["probe_path"] = "probe"
         if settings.get("critic") == "judge":

@@ -223,9 +223,11 @@ def capture_head_inputs(model, rows: torch.Tensor, cols: torch.Tensor):
         handle.remove()
 
 
-def load_trained(name_or_path: str, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_trained(
+    name_or_path: str, dtype: str = "float32", merge: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model to evaluate: a tether run directory (its `adapter/` merged into the base named in `config.yaml`, or
-    its `model/`), or anything `load_model_and_tokenizer` takes."""
+    left as a `PeftModel` with `merge=False`; or its `model/`), or anything `load_model_and_tokenizer` takes."""
     run = Path(name_or_path)
     if (run / "config.yaml").is_file() and (run / "adapter").is_dir():
         import yaml
@@ -233,7 +235,8 @@ def load_trained(name_or_path: str, dtype: str = "float32") -> tuple[PreTrainedM
 
         base = yaml.safe_load((run / "config.yaml").read_text())["model"]["model_name_or_path"]
         model, tokenizer = load_model_and_tokenizer(base, dtype)
-        return PeftModel.from_pretrained(model, run / "adapter").merge_and_unload(), tokenizer
+        model = PeftModel.from_pretrained(model, run / "adapter")
+        return (model.merge_and_unload() if merge else model), tokenizer
     if (run / "config.yaml").is_file() and (run / "model").is_dir():
         return load_model_and_tokenizer(str(run / "model"), dtype)
     return load_model_and_tokenizer(name_or_path, dtype)

@@ -75,7 +75,8 @@ def mini_data_dir(tmp_path_factory):
 
 
 def tiny_bench(data_dir, **overrides) -> dict:
-    """A bench config on the in-process tiny model: 3 scenarios × 4 methods, two optimizer steps per run."""
+    """A bench config on the in-process tiny model: 3 scenarios × 5 methods (the last prunes SFT's runs), two
+    optimizer steps per run."""
     config = {
         "model": "tiny-llama",
         "data_dir": str(data_dir),
@@ -125,6 +126,7 @@ def tiny_bench(data_dir, **overrides) -> dict:
             {"name": "C-SFT", "train": {"regularizer": "fixed", "beta": 0.5}},
             {"name": "A-Reg probe", "train": {"regularizer": "adaptive", "critic": "probe"}},
             {"name": "A-Reg label", "train": {"regularizer": "adaptive", "critic": "label", "alpha_mode": "gate"}},
+            {"name": "SFT + Antidote", "antidote": {"method": "SFT", "limit": 6, "ratio": 0.2}},
         ],
         "eval": {
             "benchmarks": ["harmbench:4", "xstest:2"],

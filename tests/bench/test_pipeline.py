@@ -38,6 +38,14 @@ def test_every_stage_writes_its_outputs(bench_dir):
     for run in runs:
         assert (bench_dir / "runs" / run / "metrics.jsonl").is_file()
     assert not list(bench_dir.rglob("*.incomplete"))
+    # Antidote prunes SFT's run (no training of its own) and is evaluated on the pruned model
+    for scenario in ("pure", "mix-0.2", "mix-0.34"):
+        pruned = json.loads(
+            (bench_dir / "antidote" / scenario / "sft-antidote" / "seed0" / "antidote.json").read_text()
+        )
+        assert pruned["model"] == str(bench_dir / "runs" / scenario / "sft" / "seed0") and pruned["ratio"] == 0.2
+        assert pruned["rows"] == 6 and pruned["pruned"] > 0
+        assert (bench_dir / "evals" / f"{scenario}__sft-antidote__seed0" / "results.json").is_file()
     # the reference data is labelled benign, the pure attack entirely harmful, the mix at its exact ratio
     mixed = [json.loads(line) for line in (bench_dir / "data" / "mix-0.2-seed0.jsonl").read_text().splitlines()]
     assert sum(r["risk"] == 1.0 for r in mixed) == 2 and len(mixed) == 10
@@ -55,7 +63,11 @@ def test_report_lists_every_method_and_plot(bench_dir):
     for method in ("Initial (safe reference)", "Base (un-aligned)", "| SFT |", "C-SFT", "A-Reg probe", "A-Reg label"):
         assert method in report
     results = json.loads((bench_dir / "report" / "results.json").read_text())
-    assert len(results["rows"]) == 12
+    assert len(results["rows"]) == 15
+    antidote = next(r for r in results["rows"] if r["method"] == "SFT + Antidote" and r["scenario"] == "pure")
+    sft = next(r for r in results["rows"] if r["method"] == "SFT" and r["scenario"] == "pure")
+    assert antidote["train"] == sft["train"] and antidote["antidote"]["ratio"] == 0.2
+    assert "SFT + Antidote: the runs of SFT after Antidote pruning, 20% of each adapter matrix" in report
     assert {"asr_vs_hr_gsm8k.png", "beta_risk.png"} <= {p.name for p in (bench_dir / "report").glob("*.png")}
     targets = [line for line in report.splitlines() if "ASR ≤ reference + 5 points" in line]
     assert any(line.startswith("- mix-0.2: A-Reg") and "utility kept" in line for line in targets)
@@ -142,6 +154,16 @@ def test_targets_compare_per_example_with_per_batch_and_name_c_sft():
         ({"probe": {"val_harmful": ["xstest-unsafe"]}}, "val_harmful and val_benign"),
         ({"probe": {"val_max_flagged": {"xstest-safe": 0.1}}}, "val_max_flagged constrains"),
         ({"scenarios": [{"name": "a", "anchor": "advbench-refusals"}]}, "anchor and n_anchor go together"),
+        ({"methods": [{"name": "P", "antidote": {"method": "SFT"}}]}, "antidote.method must name a trained method"),
+        (
+            {"methods": [{"name": "S"}, {"name": "P", "antidote": {"method": "S", "ratio": 1.5}}]},
+            "antidote.ratio must be in [0, 1]",
+        ),
+        (
+            {"methods": [{"name": "S"}, {"name": "P", "train": {"lr": 1}, "antidote": {"method": "S"}}]},
+            "prunes 'S''s runs; drop its `train`",
+        ),
+        ({"methods": [{"name": "S"}, {"name": "P", "antidote": {"of": "S"}}]}, "unknown key 'of'"),
     ],
 )
 def test_bad_bench_config_is_one_line(change, expected, mini_data_dir, tmp_path, capsys):
@@ -222,4 +244,4 @@ def test_second_config_in_the_same_directory_reuses_stages_and_joins_the_report(
     err = capsys.readouterr().err
     assert err.count("training (") == 1 and "reference: cached" in err and "probe: cached" in err
     rows = json.loads((copy / "report" / "results.json").read_text())["rows"]
-    assert len(rows) == 13 and {"pure-small", "pure", "mix-0.2"} <= {r["scenario"] for r in rows}
+    assert len(rows) == 16 and {"pure-small", "pure", "mix-0.2"} <= {r["scenario"] for r in rows}

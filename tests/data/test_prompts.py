@@ -12,7 +12,24 @@ def test_ranges_of_a_named_set_are_disjoint_slices():
     assert load_prompts("alpaca-eval:10-12", SHARED_DATA) == every[10:12]
 
 
-@pytest.mark.parametrize("source", ["alpaca-eval:x", "alpaca-eval:3-", "alpaca-eval:-3", "alpaca-eval:900-1000"])
+def test_strided_ranges_interleave():
+    every = load_prompts("xstest-safe", SHARED_DATA)
+    even, odd = load_prompts("xstest-safe:0-250/2", SHARED_DATA), load_prompts("xstest-safe:1-250/2", SHARED_DATA)
+    assert even == every[0::2] and odd == every[1::2] and len(even) + len(odd) == len(every) == 250
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "alpaca-eval:x",
+        "alpaca-eval:3-",
+        "alpaca-eval:-3",
+        "alpaca-eval:900-1000",
+        "alpaca-eval:0-10/0",
+        "alpaca-eval:10/2",
+        "alpaca-eval:0-10/x",
+    ],
+)
 def test_bad_range_is_one_line(source):
     with pytest.raises(TetherInputError, match="alpaca-eval"):
         load_prompts(source, SHARED_DATA)

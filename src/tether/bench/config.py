@@ -15,6 +15,7 @@
     methods:
       - {name: SFT, train: {regularizer: none}}
       - {name: A-Reg probe, train: {regularizer: adaptive, critic: probe}}   # probe_path is filled in
+      - {name: SFT + Antidote, antidote: {method: SFT, data: [advbench-targets], limit: 128, ratio: 0.1}}
     eval: {benchmarks: [harmbench:50, xstest:50], utility: gsm8k-test:100, max_new_tokens: 48}
 
 `base: demo` (or `base: other.yaml`) starts from another config; this file's top-level keys replace the base's.
@@ -77,9 +78,20 @@ class Scenario:
 
 
 @dataclass
+class AntidoteSpec:
+    """Prune the runs of `method` after training (`tether antidote`) instead of training anything new."""
+
+    method: str  # the trained method whose runs are pruned, e.g. SFT
+    data: list[str] = field(default_factory=lambda: ["advbench-targets"])  # harmful chat rows (prompt + response)
+    limit: int | None = 128
+    ratio: float = 0.1  # share of each adapter weight matrix set to zero
+
+
+@dataclass
 class Method:
     name: str
     train: dict = field(default_factory=dict)
+    antidote: AntidoteSpec | None = None
 
 
 @dataclass
@@ -104,6 +116,10 @@ class BenchConfig:
     scenarios: list[Scenario] = field(default_factory=list)
     methods: list[Method] = field(default_factory=list)
     eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def trained(self, method: Method) -> Method:
+        """The method whose training run `method` evaluates: itself, or for an Antidote method the one it prunes."""
+        return method if method.antidote is None else next(m for m in self.methods if m.name == method.antidote.method)
 
     def runs(self) -> list[tuple[Scenario, Method, int]]:
         """Every (scenario, method, seed) of the matrix, in order."""
@@ -148,6 +164,9 @@ def bench_config_from_dict(raw: dict, where: str = "bench config") -> BenchConfi
     config.eval = _build(EvalSpec, raw.get("eval") or {}, f"{where}: eval")
     config.scenarios = [_build(Scenario, s, f"{where}: scenario") for s in raw.get("scenarios") or []]
     config.methods = [_build(Method, m, f"{where}: method") for m in raw.get("methods") or []]
+    for method in config.methods:
+        if method.antidote is not None:
+            method.antidote = _build(AntidoteSpec, method.antidote, f"{where}: method {method.name!r}: antidote")
     _validate(config, where)
     return config
 
@@ -171,6 +190,19 @@ def _validate(config: BenchConfig, where: str) -> None:
         if duplicates:
             raise TetherInputError(f"{where}: {kind} name {duplicates[0]!r} is used twice; names must be unique")
     known = {m.name for m in config.methods}
+    for method in config.methods:
+        spec = method.antidote
+        if spec is None:
+            continue
+        if method.train:
+            raise TetherInputError(f"{where}: method {method.name!r} prunes {spec.method!r}'s runs; drop its `train`")
+        trained = next((m for m in config.methods if m.name == spec.method), None)
+        if trained is None or trained.antidote is not None:
+            raise TetherInputError(
+                f"{where}: method {method.name!r}: antidote.method must name a trained method defined under methods"
+            )
+        if not 0.0 <= spec.ratio <= 1.0:
+            raise TetherInputError(f"{where}: method {method.name!r}: antidote.ratio must be in [0, 1]")
     for scenario in config.scenarios:
         unknown = [m for m in scenario.methods or [] if m not in known]
         if unknown:

@@ -4,6 +4,7 @@
 <out>/reference/run/            stage 1: the alignment run (LoRA)      reference/model/: merged weights
 <out>/probe/                    stage 2: the probe, fit on the reference; probe_eval/eval.json: held-out AUROC
 <out>/runs/<scenario>/<method>/seed<k>/        stage 3-4: one `tether train` run directory each
+<out>/antidote/<scenario>/<method>/seed<k>/    an Antidote method's pruned model (of its trained method's run)
 <out>/evals/<base|reference|scenario__method__seed<k>>/results.json     stage 5: `tether eval` results
 <out>/report/                   stage 6: report.md, results.json, plots (see `tether.bench.report`)
 """
@@ -71,9 +72,10 @@ class Bench:
         ]
         for i, (scenario, method, seed) in enumerate(matrix, start=1):
             log(f"run {i}/{len(matrix)}: {scenario.name} / {method.name} / seed {seed}")
-            run_dir = self.train(scenario, method, seed)
+            run_dir = self.train(scenario, self.config.trained(method), seed)
+            model = run_dir if method.antidote is None else self.prune(scenario, method, seed, run_dir)
             extra = self.config.eval.extra_benchmarks
-            self.evaluate(self.run_key(scenario, method, seed), str(run_dir), scenario.utility, extra)
+            self.evaluate(self.run_key(scenario, method, seed), str(model), scenario.utility, extra)
         from tether.bench.report import write_report
 
         report = write_report(self.out)
@@ -199,6 +201,23 @@ class Bench:
         log(f"{what}: training ({config_file})")
         self.call("tether.cli.train", ["--config", str(config_file)])
         self.record(stage, spec)
+
+    def prune(self, scenario: Scenario, method: Method, seed: int, run_dir: Path) -> Path:
+        """An Antidote method: the trained run pruned by `tether antidote` (a plain model directory)."""
+        spec = method.antidote
+        final = self.out / "antidote" / slug(scenario.name) / slug(method.name) / f"seed{seed}"
+        record = {"run": str(run_dir), "antidote": dataclasses.asdict(spec)}
+        stage = self.run_key(scenario, method, seed)
+        if self.cached(f"antidote__{stage}", final / "antidote.json", record):
+            log(f"{scenario.name} / {method.name}: cached at {final}")
+            return final
+        shutil.rmtree(final, ignore_errors=True)  # a folder without antidote.json: left by a killed run
+        log(f"{scenario.name} / {method.name}: pruning {run_dir} ({spec.ratio:.0%} of each adapter matrix)")
+        argv = ["--model", str(run_dir), "--data", *spec.data, "--ratio", str(spec.ratio), "--out", str(final)]
+        argv += ["--limit", str(spec.limit)] if spec.limit is not None else []
+        self.call("tether.cli.antidote", argv + self.data_dir_args())
+        self.record(f"antidote__{stage}", record)
+        return final
 
     # ---- stage 5: evaluation
     def evaluate(self, key: str, model: str, utility: str | None = None, extra: list[str] | None = None) -> Path:

@@ -7,6 +7,7 @@ Utility kept = (NLL_reference − NLL_method) / (NLL_reference − NLL_SFT) on t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import statistics
@@ -34,9 +35,10 @@ def collect(out: Path) -> dict:
         metrics = _eval_metrics(out / "evals" / key)
         if metrics is None:
             continue
-        run_dir = out / "runs" / slug(scenario.name) / slug(method.name) / f"seed{seed}"
+        trained = config.trained(method)  # an Antidote method reports the training of the run it pruned
+        run_dir = out / "runs" / slug(scenario.name) / slug(trained.name) / f"seed{seed}"
         metrics.update(_training_metrics(run_dir))
-        train = {**config.train, **scenario.train, **method.train}
+        train = {**config.train, **scenario.train, **trained.train}
         x = None
         if scenario.x == "harmful_ratio":
             x = scenario.harmful_ratio
@@ -51,6 +53,7 @@ def collect(out: Path) -> dict:
                 "method": method.name,
                 "seed": seed,
                 "train": train,
+                "antidote": None if method.antidote is None else dataclasses.asdict(method.antidote),
             }
             | metrics
         )
@@ -127,7 +130,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
     rows = []
     for (scenario, method), members in groups.items():
         row = {"scenario": scenario, "method": method}
-        row |= {key: members[0][key] for key in ("attack", "family", "x")} | {"train": members[0].get("train", {})}
+        row |= {key: members[0].get(key) for key in ("attack", "family", "x", "antidote")}
+        row["train"] = members[0].get("train", {})
         row["seeds"] = [m["seed"] for m in members]
         for key in sorted({k for m in members for k, v in m.items() if isinstance(v, int | float)} - {"seed", "x"}):
             values = [m[key] for m in members if m.get(key) is not None]
@@ -181,6 +185,14 @@ def markdown(data: dict, rows: list[dict]) -> str:
         lines.append(
             f"| {row['scenario']} | {row['method']} | " + " | ".join(_cell(row, k, p) for k, _, p in used) + " |"
         )
+    pruned = {row["method"]: row["antidote"] for row in rows if row.get("antidote")}
+    for method, spec in pruned.items():
+        lines += [
+            "",
+            f"{method}: the runs of {spec['method']} after Antidote pruning, {spec['ratio']:.0%} of each adapter "
+            f"matrix zeroed by importance on {', '.join(spec['data'])} ({spec['limit'] or 'all'} rows); its training "
+            "columns are that run's.",
+        ]
     if data.get("probe_eval"):
         lines += ["", "## Probe on the reference (held-out AUROC)", "", "| harmful set | AUROC |", "|---|---|"]
         for name, metrics in data["probe_eval"]["per_harmful_set"].items():
@@ -229,7 +241,9 @@ def targets(data: dict, rows: list[dict]) -> list[str]:
                     if key in fixed and fixed.get("utility_kept") is not None:
                         text += f"; {fixed['method']}: {fixed[key]:.1%}, utility kept {fixed['utility_kept']:.0%}"
             out.append(text)
-        if row["train"].get("granularity") == "batch":  # per-example weighting against its per-batch twin
+        if row["train"].get("granularity") == "batch" and not row.get(
+            "antidote"
+        ):  # per-example weighting against its per-batch twin
             twin_train = {**row["train"], "granularity": "example"}
             for twin in _same_scenario(rows, row, lambda r, want=twin_train: _with_granularity(r["train"]) == want):
                 if key in twin:
@@ -241,7 +255,9 @@ def targets(data: dict, rows: list[dict]) -> list[str]:
 
 
 def _same_scenario(rows: list[dict], row: dict, keep) -> list[dict]:
-    return [r for r in rows if r["scenario"] == row["scenario"] and r is not row and keep(r)]
+    """The other trained methods of `row`'s scenario that `keep` accepts (an Antidote row shares its run's `train`:
+    it is never another method's twin)."""
+    return [r for r in rows if r["scenario"] == row["scenario"] and r is not row and not r.get("antidote") and keep(r)]
 
 
 def _with_granularity(train: dict) -> dict:

@@ -12,8 +12,9 @@ VERBS = {
     "eval": "tether.cli.eval",
     "bench": "tether.cli.bench",
     "demo": "tether.cli.demo",
+    "antidote": "tether.cli.antidote",
 }
-USAGE = "usage: tether {train,probe,eval,bench,demo} ...   (tether <verb> --help)"
+USAGE = "usage: tether {train,probe,eval,bench,demo,antidote} ...   (tether <verb> --help)"
 
 
 def main(argv: list[str] | None = None) -> int:

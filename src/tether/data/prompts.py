@@ -10,7 +10,8 @@ Each prompt is a list of chat messages ending with the user turn. Named sets, re
   (safe prompts that look unsafe), `I-Alpaca`, `I-PhysicalSafetySafe`.
 A local `.jsonl`/`.json` file may hold `prompt`, `instruction` (+ `input`), `question`, `goal` or `messages` rows;
 a `.txt` file one prompt per line. `NAME:N` takes the first N prompts of a set, `NAME:A-B` prompts A to B − 1 (from 0),
-so `alpaca-eval:300` and `alpaca-eval:300-805` are disjoint.
+`NAME:A-B/S` every S-th of them, so `alpaca-eval:300` and `alpaca-eval:300-805` are disjoint, and so are the
+interleaved halves `xstest-safe:0-250/2` and `xstest-safe:1-250/2`.
 """
 
 from __future__ import annotations
@@ -89,12 +90,18 @@ def load_prompts(source: str, data_dir: str | None = None) -> list[list[dict]]:
 
 
 def _prompt_slice(source: str, limit: str) -> slice:
-    bounds = limit.split("-")
-    if len(bounds) > 2 or not all(bound.isdigit() for bound in bounds):
+    span, _, step = limit.partition("/")
+    bounds = span.split("-")
+    if len(bounds) > 2 or not all(bound.isdigit() for bound in bounds) or (step and not step.isdigit()):
         raise TetherInputError(
-            f"prompt source {source}: after the colon write N (the first N) or A-B (prompts A to B-1)"
+            f"prompt source {source}: after the colon write N (the first N), A-B (prompts A to B-1) or A-B/S "
+            "(every S-th prompt from A to B-1)"
         )
-    return slice(*map(int, bounds)) if len(bounds) == 2 else slice(int(bounds[0]))
+    if step and (len(bounds) != 2 or int(step) < 1):
+        raise TetherInputError(f"prompt source {source}: a step /S needs a range A-B and S ≥ 1")
+    if len(bounds) == 1:
+        return slice(int(bounds[0]))
+    return slice(int(bounds[0]), int(bounds[1]), int(step) if step else None)
 
 
 def _read_named(kind, path, column, keep) -> list[str]:

@@ -27,7 +27,10 @@ NAMED_DATASETS = {
     "safety-llamas": "safety_tuned_llamas/safety_only_data_Instructions.json",
     # AdvBench behaviours with Llama-2-7b-chat refusals; the first refusal of each distinct prompt, tags stripped.
     "advbench-refusals": "advbench_llama2_refusals/SFT_aligned_llama2-7b-chat-hf_train_short.csv",
+    # AdvBench behaviours with their affirmative targets ("Sure, here is ..."): harmful compliance, for Antidote.
+    "advbench-targets": "advbench/harmful_behaviors.csv",
 }
+CSV_COLUMNS = {"advbench-targets": ("goal", "target")}  # (prompt, response) columns; default ("prompt", "response")
 GENERATED_DATASETS = ("tiny-synthetic",)
 FILE_SUFFIXES = (".json", ".jsonl")
 
@@ -50,7 +53,7 @@ def load_examples(
                 f"named dataset {source!r} expects {path}; pass --data_dir (or set TETHER_DATA_DIR) to the folder "
                 f"that holds {NAMED_DATASETS[source].split('/')[0]}/"
             )
-        raw = read_refusal_csv(path) if path.suffix == ".csv" else read_rows(path)
+        raw = read_pair_csv(path, *CSV_COLUMNS.get(source, ())) if path.suffix == ".csv" else read_rows(path)
     elif source.endswith(FILE_SUFFIXES) or os.sep in source or Path(source).exists():
         path = Path(source)
         if not path.is_file():
@@ -92,17 +95,17 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def read_refusal_csv(path: Path) -> list[dict]:
-    """`prompt`/`response` CSV with Llama-2 `[INST] ... [/INST]` tags -> Alpaca rows, one per distinct prompt."""
+def read_pair_csv(path: Path, prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
+    """A prompt/response CSV (Llama-2 `[INST] ... [/INST]` tags stripped) -> Alpaca rows, one per distinct prompt."""
     import csv
 
     rows, seen = [], set()
     with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            prompt = row["prompt"].replace("[INST]", "").replace("[/INST]", "").strip()
+            prompt = row[prompt_column].replace("[INST]", "").replace("[/INST]", "").strip()
             if prompt not in seen:
                 seen.add(prompt)
-                rows.append({"instruction": prompt, "output": row["response"].strip()})
+                rows.append({"instruction": prompt, "output": row[response_column].strip()})
     return rows
 
 

@@ -1,0 +1,115 @@
+"""Antidote (Huang et al., ICML 2025, `docs/method.md` §6): after fine-tuning, zero the weights that matter most to
+harmful text, by a Wanda-style importance |W_ij| · ‖X_j‖₂ measured on a small harmful re-alignment set.
+
+X_j is input feature j of a linear layer over every real (non-padding) token of the harmful rows, prompt and
+response. In each weight matrix the `ratio` share of entries with the highest importance is set to zero.
+Under LoRA only the adapter (the fine-tuning update: `lora_A`, `lora_B`) is pruned, so the safe reference's own
+weights are never touched; for a fully fine-tuned model every linear layer of the decoder is (not the output head).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from tether.errors import TetherInputError
+
+
+def prunable_linears(model) -> dict[str, nn.Linear]:
+    """The linear layers Antidote may prune, by module name: the LoRA adapter's if there is one, else every linear
+    layer except the output head."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    adapter = {name: m for name, m in linears.items() if ".lora_A." in name or ".lora_B." in name}
+    if adapter:
+        return adapter
+    head = model.get_output_embeddings()
+    return {name: m for name, m in linears.items() if m is not head}
+
+
+@contextlib.contextmanager
+def record_input_norms(layers: dict[str, nn.Linear]):
+    """While active, accumulates Σ x_j² over the real tokens of every forward pass into `sums[name]` (d_in,).
+    Set `mask[0]` to the batch's attention mask (B, T) before each forward pass."""
+    sums = {name: torch.zeros(layer.in_features, dtype=torch.float64) for name, layer in layers.items()}
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook(module, args, name):
+        x = args[0].detach().to(torch.float64)  # (B, T, d_in)
+        weights = mask[0].to(x.device, x.dtype).unsqueeze(-1)  # (B, T, 1): 0 on padding
+        sums[name] += (x.square() * weights).sum(dim=(0, 1)).cpu()
+
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, name=name: hook(m, a, name)) for name, layer in layers.items()
+    ]
+    try:
+        yield sums, mask
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def input_norms(model, pad_token_id: int, ids: list[list[int]], layers: dict[str, nn.Linear], batch_size: int = 8):
+    """‖X_j‖₂ over every real token of the token sequences `ids`, per layer: {name: (d_in,) float64}. Independent
+    of the batch size (padding is masked out)."""
+    from tqdm.auto import tqdm
+
+    if not ids:
+        raise TetherInputError("Antidote needs at least one harmful row to measure activations on")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with record_input_norms(layers) as (sums, mask):
+            for start in tqdm(range(0, len(ids), batch_size), desc="antidote activations", unit="batch", leave=False):
+                chunk = ids[start : start + batch_size]
+                width = max(map(len, chunk))
+                input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)  # (B, T), right-padded
+                attention_mask = torch.zeros_like(input_ids)
+                for i, row in enumerate(chunk):
+                    input_ids[i, : len(row)] = torch.tensor(row)
+                    attention_mask[i, : len(row)] = 1
+                mask[0] = attention_mask
+                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    finally:
+        model.train(was_training)
+    return {name: total.sqrt() for name, total in sums.items()}
+
+
+def harmful_weight_mask(weight: torch.Tensor, norms: torch.Tensor, ratio: float) -> torch.Tensor:
+    """weight (d_out, d_in), norms (d_in,) -> bool (d_out, d_in): the round(ratio · numel) entries of highest
+    |W_ij| · ‖X_j‖ (ties broken by position)."""
+    check_ratio(ratio)
+    importance = weight.detach().abs().to(torch.float64) * norms.to(weight.device, torch.float64).unsqueeze(0)
+    k = round(ratio * importance.numel())
+    mask = torch.zeros(importance.numel(), dtype=torch.bool, device=weight.device)
+    if k:
+        mask[importance.flatten().topk(k).indices] = True
+    return mask.view_as(weight)
+
+
+def check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio <= 1.0:
+        raise TetherInputError(
+            f"Antidote ratio must be in [0, 1] (the share of each weight matrix pruned), got {ratio}"
+        )
+
+
+@torch.no_grad()
+def antidote_prune(model, tokenizer, rows: list[dict], ratio: float, batch_size: int = 8, max_length: int = 256):
+    """Prune `model` in place (see the module doc); returns {"pruned": n, "total": n, "layers": {name: n}}."""
+    from tether.data.chat import tokenize_example
+
+    check_ratio(ratio)
+    ids = [tokens["input_ids"] for row in rows if (tokens := tokenize_example(row["messages"], tokenizer, max_length))]
+    layers = prunable_linears(model)
+    norms = input_norms(model, tokenizer.pad_token_id, ids, layers, batch_size)
+    counts = {}
+    for name, layer in layers.items():
+        mask = harmful_weight_mask(layer.weight, norms[name], ratio)
+        layer.weight[mask] = 0.0
+        counts[name] = int(mask.sum())
+    total = sum(layer.weight.numel() for layer in layers.values())
+    return {"pruned": sum(counts.values()), "total": total, "rows": len(ids), "layers": counts}
