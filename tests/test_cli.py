@@ -81,6 +81,8 @@ BAD_INPUTS = {
     "beta_min > beta_max": (["--beta_min", "0.9", "--beta_max", "0.2"], "beta_min (0.9) > beta_max (0.2)"),
     "unknown model": (["--model_name_or_path", "no-such-model-xyz"], "unknown model 'no-such-model-xyz'"),
     "missing config": (["--config", "{tmp}/absent.yaml"], "config file not found"),
+    "missing LISA data": (["--lisa_data", "{tmp}/absent.jsonl"], "dataset file not found"),
+    "empty LISA data": (["--lisa_data", "{tmp}/none.jsonl"], "none.jsonl: the dataset is empty"),
 }
 
 
@@ -89,7 +91,9 @@ def test_bad_input_is_one_line_exit_2_and_no_run_dir(case, tmp_path, capsys):
     write(tmp_path / "bad.jsonl", '{"prompt": "p", "completion": "c"}\n{"prompt": oops}\n')
     write(tmp_path / "empty.jsonl", '{"prompt": "p", "completion": ""}\n')
     write(tmp_path / "unknown.yaml", "model_name_or_path: tiny-llama\nbetta_max: 0.5\n")
+    write(tmp_path / "none.jsonl", "")
     argv, expected = BAD_INPUTS[case]
+    expected = expected.format(tmp=tmp_path)
     argv = [a.format(tmp=tmp_path) for a in argv] + ["--output_dir", str(tmp_path / "run")]
     code, err = run_cli(argv, capsys)
     assert code == 2
@@ -115,3 +119,15 @@ def test_label_critic_without_risk_column(tmp_path, capsys):
     data = write(tmp_path / "d.jsonl", '{"prompt": "p", "completion": "c"}\n')
     code, err = run_cli(["--dataset", data, "--critic", "label", "--output_dir", str(tmp_path / "run")], capsys)
     assert code == 2 and "critic 'label' reads a 'risk' column that 1 of 1 examples" in err
+
+
+def test_lisa_run_records_its_alignment_data_and_phases(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--config", TINY, "--output_dir", str(run), "--max_steps", "3", "--regularizer", "none"]
+    assert (
+        main([*argv, "--lisa_data", "tiny-synthetic", "--lisa_alignment_steps", "1", "--lisa_finetune_steps", "1"]) == 0
+    )
+    summary = json.loads((run / "data_summary.json").read_text())
+    assert summary["lisa"] == {"data": "tiny-synthetic", "n_alignment": 32}
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["lisa/alignment_phase"] for s in steps if "lisa/alignment_phase" in s] == [1.0, 0.0, 1.0]

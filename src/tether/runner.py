@@ -51,6 +51,10 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             f"critic 'label' reads a {data_args.risk_column!r} column that {unlabelled} of {len(rows)} examples of "
             f"dataset {data_args.dataset} lack; add the column, mix in --harmful_dataset, or choose another critic"
         )
+    alignment_rows = None
+    if config.lisa_data:  # LISA's alignment data: learned as safe rows (risk 0) in the alignment phases
+        alignment_rows = [{**row, "risk": 0.0} for row in load_examples(config.lisa_data, data_args.data_dir)]
+        summary["lisa"] = {"data": config.lisa_data, "n_alignment": len(alignment_rows)}
     critic_records = judge = None
     if config.regularizer == "adaptive" and config.critic == "judge":
         from tether.critics.judge import JudgeCritic, JudgeFailure, judge_from_config, judge_pair
@@ -70,6 +74,9 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
         model_args.model_name_or_path, model_args.dtype, config.trust_remote_code
     )
     dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
+    alignment_dataset = None
+    if alignment_rows is not None:
+        alignment_dataset, _ = tokenize_rows(alignment_rows, tokenizer, config.max_length)
 
     staging = final_dir.with_name(final_dir.name + ".incomplete")
     resolved = {
@@ -87,6 +94,7 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             processing_class=tokenizer,
             peft_config=model_args.lora_config() if model_args.use_peft else None,
             callbacks=[MetricsFileCallback(staging / "metrics.jsonl")],
+            alignment_dataset=alignment_dataset,
         )
         if trainer.is_world_process_zero():
             if staging.exists():

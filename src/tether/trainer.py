@@ -1,6 +1,7 @@
 """`TetherConfig` and `TetherTrainer`: TRL's SFT with a risk-weighted KL to a frozen safe reference.
 
-Only `compute_loss` and `log` are overridden; the training loop is TRL's and transformers'. See `docs/method.md` §1.
+Only `compute_loss` and `log` are overridden (and `training_step`, to swap in LISA's alignment batches); the training
+loop is TRL's and transformers'. See `docs/method.md` §1.
 """
 
 from __future__ import annotations
@@ -85,6 +86,18 @@ class TetherConfig(SFTConfig):
         The paper's model-state mode: every N optimizer steps, the policy answers `judge_generations_prompts`
         training prompts (seeded sample, greedy), the judge scores those replies, and their mean risk becomes a
         floor on every example's risk until the next check: s_i ← max(s_i, s_gen). 0 turns it off.
+
+    > Parameters of the LISA baseline (Huang et al., NeurIPS 2024; `docs/method.md` §6)
+
+    lisa_data (`str`, *optional*):
+        Alignment chat data (harmful prompts with refusals, e.g. `advbench-refusals`). Setting it turns LISA on:
+        optimizer steps alternate between `lisa_alignment_steps` steps on this data and `lisa_finetune_steps` on the
+        user's, starting with alignment, and every step adds (ρ/2)·‖θ − θ_switch‖² over the trainable weights,
+        θ_switch being the weights at the last phase switch. The user batches of alignment steps are skipped.
+    lisa_alignment_steps, lisa_finetune_steps (`int`, defaults to `2`, `8`):
+        The phase lengths, in optimizer steps (the paper's 100 / 900, scaled to short runs).
+    lisa_rho (`float`, defaults to `1.0`):
+        ρ of the proximal term.
     """
 
     regularizer: str = field(default="adaptive", metadata={"help": "none (SFT), fixed (C-SFT) or adaptive."})
@@ -118,6 +131,12 @@ class TetherConfig(SFTConfig):
     )
     judge_generations_prompts: int = field(default=8, metadata={"help": "Training prompts judged each time."})
     judge_generations_max_new_tokens: int = field(default=64, metadata={"help": "Length of those replies."})
+    lisa_data: str | None = field(
+        default=None, metadata={"help": "LISA: alignment chat data (harmful prompts with refusals); turns LISA on."}
+    )
+    lisa_alignment_steps: int = field(default=2, metadata={"help": "LISA: optimizer steps per alignment phase."})
+    lisa_finetune_steps: int = field(default=8, metadata={"help": "LISA: optimizer steps per fine-tuning phase."})
+    lisa_rho: float = field(default=1.0, metadata={"help": "LISA: rho of the proximal term to the last switch."})
 
     # Defaults that differ from SFTConfig: tether prepares and collates its own data (response-only labels, risk),
     # and logs every step.
@@ -154,6 +173,10 @@ class TetherConfig(SFTConfig):
             raise TetherInputError(f"risk_saturation must be in (0, 1], got {self.risk_saturation}")
         if not 0.0 <= self.risk_ema < 1.0:
             raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")
+        if self.lisa_alignment_steps < 0 or self.lisa_finetune_steps < 0 or self.lisa_rho < 0:
+            raise TetherInputError("lisa_alignment_steps, lisa_finetune_steps and lisa_rho must not be negative")
+        if self.lisa_data and self.lisa_alignment_steps + self.lisa_finetune_steps == 0:
+            raise TetherInputError("LISA needs lisa_alignment_steps + lisa_finetune_steps > 0")
         if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
@@ -187,10 +210,20 @@ class TetherTrainer(SFTTrainer):
         critic: a critic name or object (default: `args.critic`); used by `regularizer: adaptive`.
         ref_model: the frozen reference for full fine-tuning (default: a frozen copy of `model`). Under PEFT the
             reference is `model` with its adapter disabled, and `ref_model` must be None.
+        alignment_dataset: LISA's alignment data, tokenized like the training data; turns LISA on (see
+            `TetherConfig.lisa_data`).
         Everything else as `SFTTrainer`; the data must be tokenized by `tether.data.chat.tokenize_rows`.
     """
 
-    def __init__(self, model, args: TetherConfig, critic: str | Critic | None = None, ref_model=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        args: TetherConfig,
+        critic: str | Critic | None = None,
+        ref_model=None,
+        alignment_dataset=None,
+        **kwargs,
+    ):
         if ref_model is not None and ref_model is model:
             raise TetherInputError("ref_model is the policy model itself; pass a separate frozen copy or None")
         kwargs.setdefault("data_collator", TetherCollator(pad_token_id=kwargs["processing_class"].pad_token_id))
@@ -218,6 +251,38 @@ class TetherTrainer(SFTTrainer):
             self.reference = frozen_copy or AdapterDisabledReference(self.model)
         if frozen_copy is not None:
             frozen_copy.model.to(self.accelerator.device)
+        self.alignment_dataset = alignment_dataset
+        self._alignment_batches = None  # an endless iterator over shuffled alignment batches
+        self._lisa_phase: str | None = None
+        self._lisa_anchor: dict[str, torch.Tensor] | None = None  # θ at the last phase switch
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """LISA: on an alignment step, the micro-batch is replaced by one of alignment data; at each phase switch the
+        proximal anchor moves to the current weights. Without alignment data this is the Trainer's step."""
+        if self.alignment_dataset is not None:
+            args = self.args
+            phase = lisa_phase(self.state.global_step, args.lisa_alignment_steps, args.lisa_finetune_steps)
+            if phase != self._lisa_phase:
+                self._lisa_phase = phase
+                trainable = self.accelerator.unwrap_model(self.model).named_parameters()
+                self._lisa_anchor = {n: p.detach().clone() for n, p in trainable if p.requires_grad}
+            if phase == "alignment":
+                inputs = self._next_alignment_batch()
+                count = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+                # this micro-batch's response tokens stand for each micro-batch of the step, on every process
+                num_items_in_batch = count * args.gradient_accumulation_steps * self.accelerator.num_processes
+            self._metrics["train"]["lisa/alignment_phase"].append(float(phase == "alignment"))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _next_alignment_batch(self) -> dict:
+        if self._alignment_batches is None:
+            self._alignment_batches = _endless_batches(
+                self.alignment_dataset,
+                self._train_batch_size,
+                self.data_collator,
+                self.args.seed + self.accelerator.process_index,
+            )
+        return next(self._alignment_batches)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -291,6 +356,16 @@ class TetherTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the denominator is global already
 
+        if self._lisa_anchor is not None and model.training and self.args.lisa_rho:
+            drift = sum(
+                (p - self._lisa_anchor[n]).pow(2).sum()
+                for n, p in unwrapped.named_parameters()
+                if n in self._lisa_anchor
+            )
+            proximal = self.args.lisa_rho / 2 * drift  # (ρ/2)·‖θ − θ_switch‖², once per optimizer step
+            loss = loss + proximal / self.args.gradient_accumulation_steps
+            self._metrics[mode]["lisa/proximal"].append(proximal.item())
+
         self._record_metrics(mode, step_scores, alpha, beta, nll, kl)
         return (loss, None) if return_outputs else loss
 
@@ -322,6 +397,21 @@ class TetherTrainer(SFTTrainer):
             elif key.endswith("_max") and values:
                 self._metrics[mode][key] = [max(values)]
         super().log(logs, start_time)
+
+
+def lisa_phase(step: int, alignment_steps: int, finetune_steps: int) -> str:
+    """The LISA phase of optimizer step `step` (from 0): cycles of `alignment_steps` then `finetune_steps`."""
+    return "alignment" if step % (alignment_steps + finetune_steps) < alignment_steps else "finetune"
+
+
+def _endless_batches(dataset, batch_size: int, collate, seed: int):
+    """Shuffled, collated batches of `dataset`, reshuffled at each pass, forever."""
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    while True:
+        yield from loader
 
 
 def linear_head(model) -> torch.nn.Linear:
