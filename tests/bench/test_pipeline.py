@@ -245,3 +245,9 @@ def test_second_config_in_the_same_directory_reuses_stages_and_joins_the_report(
     assert err.count("training (") == 1 and "reference: cached" in err and "probe: cached" in err
     rows = json.loads((copy / "report" / "results.json").read_text())["rows"]
     assert len(rows) == 16 and {"pure-small", "pure", "mix-0.2"} <= {r["scenario"] for r in rows}
+    # a run with other seeds, then one with the first seeds again: the report keeps every seed's runs
+    second_argv = ["bench", "--config", str(tmp_path / "second.yaml"), "--out_dir", str(copy)]
+    assert main([*second_argv, "--seeds", "1"]) == 0 and main(second_argv) == 0
+    rows = json.loads((copy / "report" / "results.json").read_text())["rows"]
+    assert next(r for r in rows if r["scenario"] == "pure-small")["seeds"] == [0, 1]
+    assert next(r for r in rows if r["scenario"] == "mix-0.2" and r["method"] == "SFT")["seeds"] == [0]

@@ -83,14 +83,15 @@ class Bench:
         return report
 
     def write_bench_yaml(self) -> None:
-        """`bench.yaml`: this config, plus the scenarios and methods of earlier configs run into the same directory
-        (by name; this config's win), so that the report covers every run on disk."""
+        """`bench.yaml`: this config, plus the scenarios, methods and seeds of earlier configs run into the same
+        directory (by name; this config's win), so that the report covers every run on disk."""
         mine = _as_dict(self.config)
         for scenario in mine["scenarios"]:  # spell out "every method" before mixing in other configs' methods
             scenario["methods"] = scenario["methods"] or [m["name"] for m in mine["methods"]]
         path = self.out / "bench.yaml"
         if path.is_file():
             earlier = yaml.safe_load(path.read_text()) or {}
+            mine["seeds"] = sorted(set(earlier.get("seeds") or []) | set(mine["seeds"]))
             names = {m["name"] for m in mine["methods"]}
             mine["methods"] = [m for m in earlier.get("methods", []) if m["name"] not in names] + mine["methods"]
             by_name = {s["name"]: s for s in mine["scenarios"]}
