@@ -160,7 +160,7 @@ def _cell(row: dict, key: str, percent: bool) -> str:
     sd = row.get(f"{key}_sd")
     text = f"{100 * value:.1f}%" if percent else f"{value:.3f}" if key != "seconds_per_step" else f"{value:.1f}"
     if sd is not None:
-        text += f" ± {100 * sd:.1f}" if percent else f" ± {sd:.3f}"
+        text += f" ± {100 * sd:.1f}" if percent else f" ± {sd:.3f}" if key != "seconds_per_step" else f" ± {sd:.1f}"
     return text
 
 
