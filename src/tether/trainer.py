@@ -95,7 +95,7 @@ class TetherConfig(SFTConfig):
         user's, starting with alignment, and every step adds (ρ/2)·‖θ − θ_switch‖² over the trainable weights,
         θ_switch being the weights at the last phase switch. The user batches of alignment steps are skipped.
     lisa_alignment_steps, lisa_finetune_steps (`int`, defaults to `2`, `8`):
-        The phase lengths, in optimizer steps (the paper's 100 / 900, scaled to short runs).
+        The phase lengths, in optimizer steps (`docs/method.md` §6 quotes 100 / 900; scaled to short runs).
     lisa_rho (`float`, defaults to `1.0`):
         ρ of the proximal term.
     """
