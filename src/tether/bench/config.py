@@ -167,6 +167,8 @@ def bench_config_from_dict(raw: dict, where: str = "bench config") -> BenchConfi
     for method in config.methods:
         if method.antidote is not None:
             method.antidote = _build(AntidoteSpec, method.antidote, f"{where}: method {method.name!r}: antidote")
+            if isinstance(method.antidote.data, str):  # `data: advbench-targets`, one source
+                method.antidote.data = [method.antidote.data]
     _validate(config, where)
     return config
 
