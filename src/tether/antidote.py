@@ -56,6 +56,8 @@ def input_norms(model, pad_token_id: int, ids: list[list[int]], layers: dict[str
     of the batch size (padding is masked out)."""
     from tqdm.auto import tqdm
 
+    from tether.data.chat import pad_token_ids
+
     if not ids:
         raise TetherInputError("Antidote needs at least one harmful row to measure activations on")
     was_training = model.training
@@ -64,13 +66,7 @@ def input_norms(model, pad_token_id: int, ids: list[list[int]], layers: dict[str
     try:
         with record_input_norms(layers) as (sums, mask):
             for start in tqdm(range(0, len(ids), batch_size), desc="antidote activations", unit="batch", leave=False):
-                chunk = ids[start : start + batch_size]
-                width = max(map(len, chunk))
-                input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)  # (B, T), right-padded
-                attention_mask = torch.zeros_like(input_ids)
-                for i, row in enumerate(chunk):
-                    input_ids[i, : len(row)] = torch.tensor(row)
-                    attention_mask[i, : len(row)] = 1
+                input_ids, attention_mask = pad_token_ids(ids[start : start + batch_size], pad_token_id)  # (B, T)
                 mask[0] = attention_mask
                 model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
     finally:

@@ -223,6 +223,22 @@ def capture_head_inputs(model, rows: torch.Tensor, cols: torch.Tensor):
         handle.remove()
 
 
+def save_model_dir(model, tokenizer, final: Path, files: dict[str, str] | None = None) -> None:
+    """Save `model` and `tokenizer` (plus `files`: name -> text) as the directory `final`, atomically: written into
+    `<final>.incomplete` (whatever a killed run left there removed first), renamed when complete. An existing empty
+    `final` is replaced."""
+    final = Path(final)
+    staging = final.with_name(final.name + ".incomplete")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    for name, text in (files or {}).items():
+        (staging / name).write_text(text)
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()
+    staging.rename(final)
+
+
 def load_trained(
     name_or_path: str, dtype: str = "float32", merge: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -343,14 +343,9 @@ def scenario_rows(scenario: Scenario, data_dir: str | None, seed: int) -> list[d
 
 def merge_run(run_dir: Path, final: Path) -> None:
     """A LoRA run's adapter merged into its base and saved as a plain model directory, atomically."""
-    from tether.modeling import load_trained
+    from tether.modeling import load_trained, save_model_dir
 
-    model, tokenizer = load_trained(str(run_dir))
-    staging = final.with_name(final.name + ".incomplete")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(final)
+    save_model_dir(*load_trained(str(run_dir)), final)
 
 
 def _as_dict(config: BenchConfig) -> dict:

@@ -241,9 +241,8 @@ def targets(data: dict, rows: list[dict]) -> list[str]:
                     if key in fixed and fixed.get("utility_kept") is not None:
                         text += f"; {fixed['method']}: {fixed[key]:.1%}, utility kept {fixed['utility_kept']:.0%}"
             out.append(text)
-        if row["train"].get("granularity") == "batch" and not row.get(
-            "antidote"
-        ):  # per-example weighting against its per-batch twin
+        # per-example weighting against its per-batch twin (an Antidote row is a pruned run, not a weighting)
+        if row["train"].get("granularity") == "batch" and not row.get("antidote"):
             twin_train = {**row["train"], "granularity": "example"}
             for twin in _same_scenario(rows, row, lambda r, want=twin_train: _with_granularity(r["train"]) == want):
                 if key in twin:

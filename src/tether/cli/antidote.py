@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from tether.errors import ArgumentParser, TetherInputError
@@ -36,7 +35,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from tether.antidote import antidote_prune, check_ratio
     from tether.data.sources import load_examples
-    from tether.modeling import load_trained
+    from tether.modeling import load_trained, save_model_dir
 
     args = make_parser().parse_args(argv)
     check_ratio(args.ratio)
@@ -52,15 +51,8 @@ def main(argv: list[str]) -> int:
     summary = antidote_prune(model, tokenizer, rows, args.ratio, args.batch_size, args.max_length)
     if hasattr(model, "merge_and_unload"):  # a LoRA run: the pruned adapter joins the base weights
         model = model.merge_and_unload()
-    staging = out.with_name(out.name + ".incomplete")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
     record = {"model": args.model, "data": args.data, "limit": args.limit, "ratio": args.ratio, **summary}
-    (staging / "antidote.json").write_text(json.dumps(record, indent=1))
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    staging.rename(out)
+    save_model_dir(model, tokenizer, out, {"antidote.json": json.dumps(record, indent=1)})
     share = summary["pruned"] / summary["total"]
     print(
         f"pruned {summary['pruned']:,} of {summary['total']:,} weights ({share:.1%}) in {len(summary['layers'])} "

@@ -190,6 +190,8 @@ def last_token_features(
     """
     from tqdm.auto import tqdm
 
+    from tether.data.chat import pad_token_ids
+
     check_layers(model, layers)
     was_training = model.training
     model.eval()
@@ -198,13 +200,7 @@ def last_token_features(
     try:
         for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", leave=False):
             chunk = ids[start : start + batch_size]
-            width = max(map(len, chunk))
-            input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)  # (B, T)
-            attention_mask = torch.zeros_like(input_ids)
-            for i, row in enumerate(chunk):
-                span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
-                input_ids[i, span] = torch.tensor(row)
-                attention_mask[i, span] = 1
+            input_ids, attention_mask = pad_token_ids(chunk, pad_token_id, padding_side)  # (B, T), (B, T)
             position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
             rows = torch.arange(len(chunk))
             cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token

@@ -56,6 +56,18 @@ def tokenize_rows(rows: list[dict], tokenizer, max_length: int | None) -> tuple[
     return Dataset.from_list(records), dropped
 
 
+def pad_token_ids(rows: list[list[int]], pad_token_id: int, side: str = "right"):
+    """Token id lists -> `input_ids` (B, T) padded with `pad_token_id` on `side`, and `attention_mask` (B, T)."""
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        input_ids[i, span] = torch.tensor(row)
+        attention_mask[i, span] = 1
+    return input_ids, attention_mask
+
+
 @dataclass
 class TetherCollator:
     """Right-pads `input_ids` (pad id), `labels` (-100) and builds `attention_mask`; stacks `risk` and

@@ -15,6 +15,8 @@ def generate(
     """
     from tqdm.auto import tqdm
 
+    from tether.data.chat import pad_token_ids
+
     ids = [
         list(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
         for p in prompts
@@ -27,12 +29,9 @@ def generate(
     try:
         for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", disable=not progress):
             batch = order[start : start + batch_size]
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
-            attention_mask = torch.zeros_like(input_ids)
-            for row, i in enumerate(batch):  # left padding: every prompt ends at the last column
-                input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-                attention_mask[row, width - len(ids[i]) :] = 1
+            # left padding: every prompt ends at the last column
+            input_ids, attention_mask = pad_token_ids([ids[i] for i in batch], tokenizer.pad_token_id, "left")
+            width = input_ids.shape[1]
             generated = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
