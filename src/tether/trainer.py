@@ -1,7 +1,7 @@
 """`TetherConfig` and `TetherTrainer`: TRL's SFT with a risk-weighted KL to a frozen safe reference.
 
-Only `compute_loss` and `log` are overridden (and `training_step`, to swap in LISA's alignment batches); the training
-loop is TRL's and transformers'. See `docs/method.md` §1.
+Only `compute_loss` and `log` are overridden (and `training_step`, to swap in LISA's alignment batches and to run
+Vaccine's perturbed step); the training loop is TRL's and transformers'. See `docs/method.md` §1.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
 from tether.losses import ResponseLoss
 from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
+from tether.vaccine import add_to_outputs, attention_blocks, capture_outputs, perturbations
 from tether.weights import FixedWeights, RiskWeights
 
 REGULARIZERS = ("none", "fixed", "adaptive")
@@ -98,6 +99,15 @@ class TetherConfig(SFTConfig):
         The phase lengths, in optimizer steps (`docs/method.md` §6 quotes 100 / 900; scaled to short runs).
     lisa_rho (`float`, defaults to `1.0`):
         ρ of the proximal term.
+
+    > Parameters of the Vaccine baseline (Huang et al., NeurIPS 2024; `docs/method.md` §6)
+
+    vaccine_rho (`float`, defaults to `0.0`):
+        Perturbation-aware alignment, for building a safe reference under `regularizer: none`; 0 turns it off. Each
+        micro-batch runs twice: the first pass finds g_l, the gradient of the loss with respect to the output of every
+        decoder layer's attention block; the second adds ρ·g_l/‖g‖ to those outputs (‖g‖ over all layers together)
+        and only its gradient is applied. About twice the time of an SFT step. The official code's ρ is 2
+        (Llama-2-7B).
     """
 
     regularizer: str = field(default="adaptive", metadata={"help": "none (SFT), fixed (C-SFT) or adaptive."})
@@ -137,6 +147,9 @@ class TetherConfig(SFTConfig):
     lisa_alignment_steps: int = field(default=2, metadata={"help": "LISA: optimizer steps per alignment phase."})
     lisa_finetune_steps: int = field(default=8, metadata={"help": "LISA: optimizer steps per fine-tuning phase."})
     lisa_rho: float = field(default=1.0, metadata={"help": "LISA: rho of the proximal term to the last switch."})
+    vaccine_rho: float = field(
+        default=0.0, metadata={"help": "Vaccine: radius of the attention-output perturbation (0: off); alignment only."}
+    )
 
     # Defaults that differ from SFTConfig: tether prepares and collates its own data (response-only labels, risk),
     # and logs every step.
@@ -177,6 +190,13 @@ class TetherConfig(SFTConfig):
             raise TetherInputError("lisa_alignment_steps, lisa_finetune_steps and lisa_rho must not be negative")
         if self.lisa_data and self.lisa_alignment_steps + self.lisa_finetune_steps == 0:
             raise TetherInputError("LISA needs lisa_alignment_steps + lisa_finetune_steps > 0")
+        if self.vaccine_rho < 0:
+            raise TetherInputError(f"vaccine_rho must not be negative, got {self.vaccine_rho}")
+        if self.vaccine_rho and (self.regularizer != "none" or self.lisa_data):
+            raise TetherInputError(
+                "vaccine_rho aligns a model before anyone fine-tunes it: use it with regularizer: none and no "
+                "lisa_data, then fine-tune from the merged result"
+            )
         if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
@@ -258,7 +278,13 @@ class TetherTrainer(SFTTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """LISA: on an alignment step, the micro-batch is replaced by one of alignment data; at each phase switch the
-        proximal anchor moves to the current weights. Without alignment data this is the Trainer's step."""
+        proximal anchor moves to the current weights. Vaccine: the Trainer's step runs with the attention outputs
+        shifted by the perturbation a first pass found. Otherwise this is the Trainer's step."""
+        if self.args.vaccine_rho:
+            blocks = attention_blocks(self.accelerator.unwrap_model(model))
+            shifts = self._vaccine_perturbations(model, blocks, inputs, num_items_in_batch)
+            with add_to_outputs(blocks, shifts):
+                return super().training_step(model, inputs, num_items_in_batch)
         if self.alignment_dataset is not None:
             args = self.args
             phase = lisa_phase(self.state.global_step, args.lisa_alignment_steps, args.lisa_finetune_steps)
@@ -273,6 +299,35 @@ class TetherTrainer(SFTTrainer):
                 num_items_in_batch = count * args.gradient_accumulation_steps * self.accelerator.num_processes
             self._metrics["train"]["lisa/alignment_phase"].append(float(phase == "alignment"))
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _vaccine_perturbations(self, model, blocks, inputs, num_items_in_batch) -> list[torch.Tensor | None]:
+        """Vaccine's first pass: ρ·g_l/‖g‖ for each attention block; touches no parameter gradient, so gradient
+        accumulation is unaffected, and records no metrics (the second pass does)."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        metrics = self._metrics["train"]
+        lengths = {key: len(values) for key, values in metrics.items()}
+        unwrapped = self.accelerator.unwrap_model(model)  # no DDP forward: this pass has no parameter gradients
+        with capture_outputs(blocks) as outputs, self.compute_loss_context_manager():
+            loss = self.compute_loss(unwrapped, inputs, num_items_in_batch=num_items_in_batch)
+        for key in list(metrics):
+            if key in lengths:
+                del metrics[key][lengths[key] :]
+            else:
+                del metrics[key]
+        tensors = [outputs.get(i) for i in range(len(blocks))]
+        reached = [t for t in tensors if t is not None and t.requires_grad]
+        if not reached:
+            raise TetherInputError(
+                "vaccine_rho: no attention output carries a gradient; train the attention or earlier layers, and with "
+                "gradient_checkpointing set gradient_checkpointing_kwargs: {use_reentrant: false}"
+            )
+        grads = iter(torch.autograd.grad(loss, reached, allow_unused=True))
+        shifts, norm = perturbations(
+            [next(grads) if t is not None and t.requires_grad else None for t in tensors], self.args.vaccine_rho
+        )
+        metrics["vaccine/grad_norm"].append(norm)
+        return shifts
 
     def _next_alignment_batch(self) -> dict:
         if self._alignment_batches is None:
