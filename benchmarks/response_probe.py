@@ -8,6 +8,8 @@
    safety-tuned-llamas pairs (harmful instruction -> refusal or safe answer).
 3. Evaluate on held-out pairs: the attack set (pure-bad, 100) against held-out Alpaca pairs and against held-out
    refusal pairs; the same for the prompt-position probe (fit on prompts as in `probe_sweep.py`, layer 11).
+4. `--both_layers`: the `both` position at those layers (the last-prompt-token and last-response-token states side
+   by side, each layer fit on its own; `tether probe fit --position both`), fit and evaluated on the same pairs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main():
     parser.add_argument("--out", default="docs/probe/response")
     parser.add_argument("--n_advbench", type=int, default=150)
     parser.add_argument("--prompt_layer", type=int, default=11)
+    parser.add_argument("--both_layers", type=int, nargs="*", default=[11, 21, 30])
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,10 +61,12 @@ def main():
     }
     layers = list(range(model.config.num_hidden_layers + 1))
     response = {name: response_features(model, tokenizer, rows, layers, 16, desc=name) for name, rows in sets.items()}
-    prompt = {
-        name: prompt_features(model, tokenizer, [r["messages"][:-1] for r in rows], [args.prompt_layer], 16, desc=name)
+    prompt_layers = sorted({args.prompt_layer, *args.both_layers})
+    prompt_all = {
+        name: prompt_features(model, tokenizer, [r["messages"][:-1] for r in rows], prompt_layers, 16, desc=name)
         for name, rows in sets.items()
     }
+    prompt = {k: v[:, [prompt_layers.index(args.prompt_layer)]] for k, v in prompt_all.items()}
     seconds = time.perf_counter() - start
 
     def evaluate(probe, feats):
@@ -76,10 +81,17 @@ def main():
             "flagged_refusals": float((probe.score(feats["eval_refusals"]).numpy() >= 0.5).mean()),
         }
 
-    def fit(feats, idx):
+    def fit(feats, idx, position="response"):
         harmful = feats["fit_harmful_advbench_replies"][:, idx]
         benign = torch.cat([feats["fit_benign_alpaca"][:, idx], feats["fit_benign_refusals"][:, idx]])
-        return fit_probe(harmful, benign, [0] * len(idx), "last-layer", C=0.1)
+        return fit_probe(
+            harmful,
+            benign,
+            [0] * (len(idx) // (2 if position == "both" else 1)),
+            "last-layer",
+            C=0.1,
+            position=position,
+        )
 
     rows = [
         {
@@ -89,6 +101,10 @@ def main():
         }
         for layer in layers[1:]
     ]
+    for layer in args.both_layers:  # (n, 2, d): the prompt's state, then the response's, at the same layer
+        j = prompt_layers.index(layer)
+        both = {k: torch.cat([prompt_all[k][:, [j]], response[k][:, [layer]]], dim=1) for k in sets}
+        rows.append({"position": "both", "layer": layer, **evaluate(fit(both, [0, 1], "both"), both)})
     # The prompt probe as in docs/probe.md: fit on harmful vs benign prompt sets, not on these pairs.
     fit_harmful = load_prompts("advbench") + load_prompts("safety-llamas:1000")
     fit_benign = load_prompts("alpaca") + load_prompts("gsm8k:500")

@@ -83,6 +83,7 @@ BAD_INPUTS = {
     "missing config": (["--config", "{tmp}/absent.yaml"], "config file not found"),
     "missing LISA data": (["--lisa_data", "{tmp}/absent.jsonl"], "dataset file not found"),
     "empty LISA data": (["--lisa_data", "{tmp}/none.jsonl"], "none.jsonl: the dataset is empty"),
+    "Vaccine while fine-tuning": (["--vaccine_rho", "2", "--regularizer", "fixed"], "use it with regularizer: none"),
 }
 
 
@@ -131,3 +132,12 @@ def test_lisa_run_records_its_alignment_data_and_phases(tmp_path):
     assert summary["lisa"] == {"data": "tiny-synthetic", "n_alignment": 32}
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [s["lisa/alignment_phase"] for s in steps if "lisa/alignment_phase" in s] == [1.0, 0.0, 1.0]
+
+
+def test_vaccine_run_logs_its_perturbation_and_saves_an_adapter(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--config", TINY, "--output_dir", str(run), "--max_steps", "2", "--regularizer", "none"]
+    assert main([*argv, "--vaccine_rho", "2"]) == 0
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len([s for s in steps if s.get("vaccine/grad_norm", 0) > 0]) == 2
+    assert (run / "adapter" / "adapter_config.json").is_file()
