@@ -57,16 +57,15 @@ def add_to_outputs(modules: list[torch.nn.Module], shifts: list[torch.Tensor | N
     """Adds `shifts[i]` (constant, same shape) to the output of `modules[i]` in every forward inside the block,
     including the recomputation of gradient checkpointing."""
 
-    def hook(module, args, output, shift):
-        if shift is None:
-            return output
+    def shifted(output, shift):
         if isinstance(output, tuple):
             return (output[0] + shift, *output[1:])
         return output + shift
 
     hooks = [
-        m.register_forward_hook(lambda module, args, output, s=s: hook(module, args, output, s))
+        m.register_forward_hook(lambda module, args, output, s=s: shifted(output, s))
         for m, s in zip(modules, shifts, strict=True)
+        if s is not None
     ]
     try:
         yield
