@@ -119,6 +119,7 @@ def tiny_bench(data_dir, **overrides) -> dict:
                 "harmful_ratio": 0.34,
                 "family": "gsm8k",
                 "x": "harmful_ratio",
+                "utility": "alpaca",  # its own held-out NLL data: the reference is measured on it too
             },
         ],
         "methods": [

@@ -33,6 +33,9 @@ def test_every_stage_writes_its_outputs(bench_dir):
     assert (bench_dir / "probe_eval" / "eval.json").is_file()
     for key in ("base", "reference"):
         assert (bench_dir / "evals" / key / "results.json").is_file()
+    # a scenario with its own utility data: the reference's held-out NLL on it, without generating anything
+    own = json.loads((bench_dir / "evals" / "reference__utility-alpaca" / "results.json").read_text())
+    assert own["benchmarks"] == {} and own["heldout_nll"]["data"] == "alpaca"
     runs = sorted(p.relative_to(bench_dir / "runs").as_posix() for p in (bench_dir / "runs").glob("*/*/seed0"))
     assert len(runs) == 12 and "mix-0.2/a-reg-probe/seed0" in runs
     for run in runs:
@@ -73,6 +76,14 @@ def test_report_lists_every_method_and_plot(bench_dir):
     assert any(line.startswith("- mix-0.2: A-Reg") and "utility kept" in line for line in targets)
     assert not any(line.startswith("- pure: A-Reg") and "utility kept" in line for line in targets)  # mixed goal only
     assert "chosen by the mean validation AUROC of xstest-unsafe against xstest-safe (1: " in report
+    # utility kept is measured against the reference's NLL on each scenario's own utility data
+    nll = {
+        key: json.loads((bench_dir / "evals" / key / "results.json").read_text())["heldout_nll"]["nll"]
+        for key in ("reference", "reference__utility-alpaca")
+    }
+    kept = {r["scenario"]: r for r in results["runs"] if r["method"] == "C-SFT"}
+    assert kept["mix-0.2"]["reference_utility_nll"] == nll["reference"]
+    assert kept["mix-0.34"]["reference_utility_nll"] == nll["reference__utility-alpaca"] != nll["reference"]
     label = next(r for r in results["runs"] if r["method"] == "A-Reg label" and r["scenario"] == "pure")
     assert all(t["risk"] == 1.0 and t["beta"] == pytest.approx(0.9) for t in label["trajectory"])
 
@@ -99,7 +110,7 @@ def test_utility_kept_and_seed_spread_by_hand():
         {"scenario": "s", "method": "A", "seed": 0, "attack": "mixed", "family": None, "x": None, "utility_nll": 1.5},
         {"scenario": "s", "method": "A", "seed": 1, "attack": "mixed", "family": None, "x": None, "utility_nll": 1.2},
     ]
-    _add_utility_kept(runs, {"utility_nll": 2.0})
+    _add_utility_kept(runs, {"s": 2.0})
     assert [r["utility_kept"] for r in runs] == pytest.approx([1.0, 1.0, 0.5, 1.0])
     a = next(r for r in aggregate(runs) if r["method"] == "A")
     assert a["utility_kept"] == pytest.approx(0.75) and a["utility_kept_sd"] == pytest.approx(0.3535534, abs=1e-6)

@@ -73,7 +73,9 @@ def test_benchmark_names_and_limits(tmp_path):
     assert load_benchmark("harmbench:7", SHARED_DATA).version != load_benchmark("harmbench:8", SHARED_DATA).version
 
 
-@pytest.mark.parametrize("case", ["unknown benchmark", "empty file", "unreachable judge", "wrong judge model"])
+@pytest.mark.parametrize(
+    "case", ["unknown benchmark", "empty file", "unreachable judge", "wrong judge model", "nothing to evaluate"]
+)
 def test_eval_bad_input(case, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
@@ -82,6 +84,7 @@ def test_eval_bad_input(case, tmp_path, capsys):
         extra, expected = {
             "unknown benchmark": (["--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench'"),
             "empty file": (["--benchmark", str(empty)], "is empty"),
+            "nothing to evaluate": ([], "nothing to evaluate: pass --benchmark"),
             "unreachable judge": (
                 ["--benchmark", "harmbench:2", "--judge_url", "http://127.0.0.1:9/v1", "--judge_model", "m"],
                 "unreachable",

@@ -231,3 +231,8 @@ def _validate(config: BenchConfig, where: str) -> None:
 def slug(name: str) -> str:
     """A method or scenario name as a folder name: `A-Reg probe` -> `a-reg-probe`."""
     return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def reference_utility_key(utility: str) -> str:
+    """The evaluation key of the reference's held-out NLL on a scenario's own utility data."""
+    return f"reference__utility-{slug(utility)}"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from tether.bench.config import BenchConfig, Method, Scenario, slug
+from tether.bench.config import BenchConfig, Method, Scenario, reference_utility_key, slug
 from tether.errors import TetherInputError
 
 
@@ -70,6 +70,8 @@ class Bench:
             for s, m, seed in self.config.runs()
             if (not scenarios or s.name in scenarios) and (not methods or m.name in methods)
         ]
+        for utility in sorted({s.utility for s, _, _ in matrix if s.utility not in (None, self.config.eval.utility)}):
+            self.evaluate(reference_utility_key(utility), self.reference_model, utility, nll_only=True)
         for i, (scenario, method, seed) in enumerate(matrix, start=1):
             log(f"run {i}/{len(matrix)}: {scenario.name} / {method.name} / seed {seed}")
             run_dir = self.train(scenario, self.config.trained(method), seed)
@@ -221,20 +223,31 @@ class Bench:
         return final
 
     # ---- stage 5: evaluation
-    def evaluate(self, key: str, model: str, utility: str | None = None, extra: list[str] | None = None) -> Path:
+    def evaluate(
+        self,
+        key: str,
+        model: str,
+        utility: str | None = None,
+        extra: list[str] | None = None,
+        nll_only: bool = False,
+    ) -> Path:
+        """`tether eval` of `model`: the benchmarks and the held-out NLL on `utility` (default: eval.utility);
+        `nll_only` measures the NLL alone (the reference on a scenario's own utility data)."""
         final = self.eval_dir(key)
         spec = self.config.eval
         record = {"model": model, "eval": _as_dict(spec), "utility": utility, "extra": extra or []}
+        record |= {"nll_only": True} if nll_only else {}
         if self.cached(f"eval__{key}", final / "results.json", record):
             log(f"eval {key}: cached")
             return final
         staging = self.fresh_staging(final, create=False)  # `tether eval` creates it
-        argv = ["--model", model, "--benchmark", *spec.benchmarks, *(extra or []), "--out", str(staging)]
+        benchmarks = [] if nll_only else spec.benchmarks + (extra or [])
+        argv = ["--model", model, "--benchmark", *benchmarks, "--out", str(staging)]
         argv += ["--max_new_tokens", str(spec.max_new_tokens), "--batch_size", str(spec.batch_size)]
         nll_data = utility or spec.utility
         if nll_data:
             argv += ["--nll_data", nll_data, "--nll_limit", str(spec.utility_limit)]
-        log(f"eval {key}: {' '.join(spec.benchmarks + (extra or []))}")
+        log(f"eval {key}: {' '.join(benchmarks) if benchmarks else f'held-out NLL on {nll_data}'}")
         self.call("tether.cli.eval", argv + self.data_dir_args(), quiet=True)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)

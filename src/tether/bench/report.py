@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tether.bench.config import bench_config_from_dict, slug
+from tether.bench.config import bench_config_from_dict, reference_utility_key, slug
 from tether.errors import TetherInputError
 
 HARMFUL = "harmbench"
@@ -57,7 +57,13 @@ def collect(out: Path) -> dict:
             }
             | metrics
         )
-    _add_utility_kept(runs, initial["reference"])
+    reference_nll = {None: (initial["reference"] or {}).get("utility_nll")}  # scenario utility -> reference NLL
+    for scenario in config.scenarios:
+        if scenario.utility not in (None, config.eval.utility):
+            own = _eval_metrics(out / "evals" / reference_utility_key(scenario.utility))
+            reference_nll[scenario.utility] = (own or {}).get("utility_nll")
+    utilities = {s.name: (None if s.utility == config.eval.utility else s.utility) for s in config.scenarios}
+    _add_utility_kept(runs, {name: reference_nll.get(u) for name, u in utilities.items()})
     probe_eval = out / "probe_eval" / "eval.json"
     return {
         "config": raw,
@@ -110,16 +116,17 @@ def _training_metrics(run_dir: Path) -> dict:
     return out
 
 
-def _add_utility_kept(runs: list[dict], reference: dict | None) -> None:
-    """Per seed and scenario: the share of SFT's NLL improvement over the reference that each method keeps."""
-    if not reference or "utility_nll" not in reference:
-        return
+def _add_utility_kept(runs: list[dict], reference_nll: dict[str, float | None]) -> None:
+    """Per seed and scenario: the share of SFT's NLL improvement over the reference that each method keeps.
+    `reference_nll`: scenario name -> the reference's NLL on that scenario's utility data."""
     sft = {(r["scenario"], r["seed"]): r.get("utility_nll") for r in runs if r["method"] == "SFT"}
     for r in runs:
-        base = sft.get((r["scenario"], r["seed"]))
-        gain = None if base is None else reference["utility_nll"] - base
+        base, reference = sft.get((r["scenario"], r["seed"])), reference_nll.get(r["scenario"])
+        if reference is not None:
+            r["reference_utility_nll"] = reference
+        gain = None if base is None or reference is None else reference - base
         if gain and gain > 0 and r.get("utility_nll") is not None:
-            r["utility_kept"] = (reference["utility_nll"] - r["utility_nll"]) / gain
+            r["utility_kept"] = (reference - r["utility_nll"]) / gain
 
 
 def aggregate(runs: list[dict]) -> list[dict]:

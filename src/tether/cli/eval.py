@@ -18,9 +18,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="short name, directory, .gguf, hub id, or a tether run directory")
     p.add_argument(
         "--benchmark",
-        nargs="+",
-        required=True,
-        help="harmbench, advbench, hexphi:PATH, xstest, gsm8k, alpaca_eval (NAME:N keeps N), or a file",
+        nargs="*",
+        default=[],
+        help="harmbench, advbench, hexphi:PATH, xstest, gsm8k, alpaca_eval (NAME:N keeps N), or a file; may be "
+        "left out with --nll_data (held-out NLL only)",
     )
     p.add_argument("--out", required=True, help="output directory (results.json, summary.md)")
     p.add_argument("--data_dir", default=None)
@@ -57,6 +58,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise TetherInputError(f"--out {out} already exists and is not empty; pass another directory")
+    if not args.benchmark and not args.nll_data:
+        raise TetherInputError("nothing to evaluate: pass --benchmark NAME [...] and/or --nll_data SRC")
     benchmarks = [load_benchmark(spec, args.data_dir) for spec in args.benchmark]
     refusal_strings = load_refusal_strings(args.refusal_strings, args.data_dir)
     nll_rows = load_examples(args.nll_data, args.data_dir, drop_empty=True)[: args.nll_limit] if args.nll_data else None
