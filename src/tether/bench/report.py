@@ -192,6 +192,14 @@ def markdown(data: dict, rows: list[dict]) -> str:
         lines.append(
             f"| {row['scenario']} | {row['method']} | " + " | ".join(_cell(row, k, p) for k, _, p in used) + " |"
         )
+    default_nll = (data["initial"].get("reference") or {}).get("utility_nll")
+    own = {
+        r["scenario"]: r["reference_utility_nll"]
+        for r in data["runs"]
+        if r.get("reference_utility_nll") not in (None, default_nll)
+    }
+    for scenario, nll in own.items():
+        lines += ["", f"{scenario}: held-out NLL on its own utility data; the reference's there: {nll:.3f}."]
     pruned = {row["method"]: row["antidote"] for row in rows if row.get("antidote")}
     for method, spec in pruned.items():
         lines += [
