@@ -292,6 +292,7 @@ def plot(data: dict, rows: list[dict], out_dir: Path) -> list[str]:
     families = sorted({(r["family"], _axis(data, r)) for r in rows if r["family"] and r["x"] is not None})
     for family, axis in families:
         fig, ax = plt.subplots(figsize=(7.5, 3.5))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # one color per method up to 20 (the default cycle repeats at 10)
         for method in dict.fromkeys(r["method"] for r in rows if r["family"] == family):
             points = sorted(
                 (r["x"], r[key]) for r in rows if r["family"] == family and r["method"] == method and key in r
