@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from pathlib import Path
 
 import torch
 from peft import LoraConfig
 
+from tether.bench.config import DEMO_CONFIG, load_bench_config
 from tether.bench.pipeline import reference_rows
 from tether.data.chat import tokenize_rows
 from tether.modeling import load_model_and_tokenizer
@@ -37,8 +39,8 @@ def main():
     args = parser.parse_args()
 
     model, tokenizer = load_model_and_tokenizer(args.model)
-    sources = {"advbench-refusals": 200, "safety-llamas": 100, "alpaca": 500}
-    rows = reference_rows(sources, args.data_dir, 0)[: args.batches * args.batch_size]
+    demo = load_bench_config(Path(str(DEMO_CONFIG)))  # the demo's reference mix, as the bench samples it
+    rows = reference_rows(demo.reference.data, args.data_dir, 0)[: args.batches * args.batch_size]
     config = TetherConfig(
         output_dir=tempfile.mkdtemp(),
         regularizer="none",

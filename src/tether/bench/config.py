@@ -121,6 +121,11 @@ class BenchConfig:
         """The method whose training run `method` evaluates: itself, or for an Antidote method the one it prunes."""
         return method if method.antidote is None else next(m for m in self.methods if m.name == method.antidote.method)
 
+    def own_utility(self, scenario: Scenario) -> str | None:
+        """The scenario's held-out NLL data when it is not the evaluation's default (the reference is then measured
+        on it too, `reference_utility_key`); None otherwise."""
+        return scenario.utility if scenario.utility not in (None, self.eval.utility) else None
+
     def runs(self) -> list[tuple[Scenario, Method, int]]:
         """Every (scenario, method, seed) of the matrix, in order."""
         by_name = {m.name: m for m in self.methods}

@@ -70,7 +70,7 @@ class Bench:
             for s, m, seed in self.config.runs()
             if (not scenarios or s.name in scenarios) and (not methods or m.name in methods)
         ]
-        for utility in sorted({s.utility for s, _, _ in matrix if s.utility not in (None, self.config.eval.utility)}):
+        for utility in sorted({self.config.own_utility(s) for s, _, _ in matrix} - {None}):
             self.evaluate(reference_utility_key(utility), self.reference_model, utility, nll_only=True)
         for i, (scenario, method, seed) in enumerate(matrix, start=1):
             log(f"run {i}/{len(matrix)}: {scenario.name} / {method.name} / seed {seed}")

@@ -57,18 +57,20 @@ def collect(out: Path) -> dict:
             }
             | metrics
         )
-    reference_nll = {None: (initial["reference"] or {}).get("utility_nll")}  # scenario utility -> reference NLL
+    own_utility = {}  # scenario -> (its own utility data, the reference's NLL on it)
     for scenario in config.scenarios:
-        if scenario.utility not in (None, config.eval.utility):
-            own = _eval_metrics(out / "evals" / reference_utility_key(scenario.utility))
-            reference_nll[scenario.utility] = (own or {}).get("utility_nll")
-    utilities = {s.name: (None if s.utility == config.eval.utility else s.utility) for s in config.scenarios}
-    _add_utility_kept(runs, {name: reference_nll.get(u) for name, u in utilities.items()})
+        if utility := config.own_utility(scenario):
+            own = _eval_metrics(out / "evals" / reference_utility_key(utility)) or {}
+            own_utility[scenario.name] = (utility, own.get("utility_nll"))
+    default_nll = (initial["reference"] or {}).get("utility_nll")
+    reference_nll = {s.name: own_utility.get(s.name, (None, default_nll))[1] for s in config.scenarios}
+    _add_utility_kept(runs, reference_nll)
     probe_eval = out / "probe_eval" / "eval.json"
     return {
         "config": raw,
         "initial": initial,
         "runs": runs,
+        "own_utility": own_utility,
         "probe": json.loads((out / "probe" / "probe.json").read_text())
         if (out / "probe" / "probe.json").is_file()
         else None,
@@ -192,14 +194,10 @@ def markdown(data: dict, rows: list[dict]) -> str:
         lines.append(
             f"| {row['scenario']} | {row['method']} | " + " | ".join(_cell(row, k, p) for k, _, p in used) + " |"
         )
-    default_nll = (data["initial"].get("reference") or {}).get("utility_nll")
-    own = {
-        r["scenario"]: r["reference_utility_nll"]
-        for r in data["runs"]
-        if r.get("reference_utility_nll") not in (None, default_nll)
-    }
-    for scenario, nll in own.items():
-        lines += ["", f"{scenario}: held-out NLL on its own utility data; the reference's there: {nll:.3f}."]
+    ran = {r["scenario"] for r in data["runs"]}
+    for scenario, (utility, nll) in data["own_utility"].items():
+        if scenario in ran and nll is not None:
+            lines += ["", f"{scenario}: held-out NLL on its own utility data ({utility}); the reference's: {nll:.3f}."]
     pruned = {row["method"]: row["antidote"] for row in rows if row.get("antidote")}
     for method, spec in pruned.items():
         lines += [
