@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from tether.critics import CRITICS, Critic, get_critic
-from tether.critics.probe import capture_layer_states, check_layers, stack_layers
+from tether.critics.probe import capture_layer_states, check_layers, stack_layers, template_positions, template_span
 from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
 from tether.losses import ResponseLoss
@@ -265,6 +265,9 @@ class TetherTrainer(SFTTrainer):
         if "reference_features" in getattr(self.critic, "needs", ()):
             self.critic.probe.check_model(self.model, kwargs["processing_class"])
             check_layers(self.model, self.critic.layers)
+        self.template_span = (  # `tokens: template`: positions read per example (instruction end + template)
+            template_span(kwargs["processing_class"]) if getattr(self.critic, "tokens", "last") == "template" else 1
+        )
         self.generation_risk: float | None = None  # set by JudgeGenerationsCallback
         self.reference = None
         if args.regularizer != "none":
@@ -359,6 +362,9 @@ class TetherTrainer(SFTTrainer):
                 "both": (batch_rows.repeat(2), torch.cat([last_prompt, last_response])),  # (2B,), (2B,)
             }[position]
             token_weights = None
+            if getattr(self.critic, "tokens", "last") == "template":  # the instruction's end and the template after it
+                probe_rows = batch_rows[:, None].expand(-1, self.template_span)  # (B, span)
+                probe_at = template_positions(last_prompt, self.template_span)  # (B, span)
             if getattr(self.critic, "tokens", "last") == "mean":  # the mean over each prompt's tokens
                 in_prompt = (
                     torch.arange(inputs["input_ids"].shape[1], device=rows.device) < inputs["prompt_length"][:, None]
@@ -374,7 +380,7 @@ class TetherTrainer(SFTTrainer):
                 ref_model(**forward_inputs, use_cache=False)
             ref_hidden, ref_head = reference["hidden"], linear_head(ref_model)  # (N, d)
             if probe_layers:
-                features = stack_layers(layer_states, probe_layers)  # (B, L, d), or (2B, L, d) for `both`
+                features = stack_layers(layer_states, probe_layers)  # (B, L, d), (B, L, span·d), (2B, L, d) `both`
                 if position == "both":
                     features = torch.cat(features.chunk(2), dim=1)  # (B, 2L, d): prompt states, then response
                 inputs = {**inputs, "reference_features": features}

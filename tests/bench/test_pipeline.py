@@ -166,6 +166,7 @@ def test_targets_compare_per_example_with_per_batch_and_name_c_sft():
         ({"scenarios": [{"name": "a", "harmful_ratio": 0.1}]}, "no benign dataset"),
         ({"probe": {"val_harmful": ["xstest-unsafe"]}}, "val_harmful and val_benign"),
         ({"probe": {"val_max_flagged": {"xstest-safe": 0.1}}}, "val_max_flagged constrains"),
+        ({"probe": {"tokens": "first"}}, "tokens must be one of last, mean, template"),
         ({"scenarios": [{"name": "a", "anchor": "advbench-refusals"}]}, "anchor and n_anchor go together"),
         ({"methods": [{"name": "P", "antidote": {"method": "SFT"}}]}, "antidote.method must name a trained method"),
         (

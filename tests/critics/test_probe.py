@@ -16,6 +16,7 @@ from tether.critics.probe import (
     pool_positions,
     probe_metrics,
     prompt_features,
+    template_span,
 )
 from tether.errors import TetherInputError
 from tether.modeling import build_tiny_model
@@ -70,7 +71,7 @@ def test_auroc_on_a_separable_synthetic_set():
     assert 0.3 < scores.mean() < 0.7  # calibrated on a balanced set
 
 
-@pytest.mark.parametrize("tokens", ["last", "mean"])
+@pytest.mark.parametrize("tokens", ["last", "mean", "template"])
 def test_left_and_right_padding_give_the_same_features(tokens, tiny_model, tokenizer, rows):
     prompts = prompts_of(rows[::5])  # different lengths in one batch
     right = prompt_features(tiny_model, tokenizer, prompts, LAYERS, padding_side="right", tokens=tokens)
@@ -80,6 +81,22 @@ def test_left_and_right_padding_give_the_same_features(tokens, tiny_model, token
     torch.testing.assert_close(alone, right, rtol=1e-4, atol=1e-5)
     if tokens == "mean":  # not the last token's state
         assert not torch.allclose(right, prompt_features(tiny_model, tokenizer, prompts, LAYERS))
+    if tokens == "template":  # the span's states side by side, the last prompt token's state last
+        assert right.shape[-1] == template_span(tokenizer) * tiny_model.config.hidden_size
+        last = prompt_features(tiny_model, tokenizer, prompts, LAYERS)
+        torch.testing.assert_close(right[..., -last.shape[-1] :], last)
+
+
+def test_template_span_starts_at_the_last_token_of_the_users_message(tokenizer):
+    """ChatML: `<|im_end|>`, a newline, `<|im_start|>`, `assistant`, a newline follow the user's text, so the span is
+    those template tokens and the message's own last token; it does not depend on the message."""
+    span = template_span(tokenizer)
+    for text in ("add 2 and 3", "placeholder request number 7?"):
+        prompt = [{"role": "user", "content": text}]
+        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
+        ids = list(ids["input_ids"])
+        assert text.endswith(tokenizer.decode(ids[-span]).strip())  # the message's last token
+        assert tokenizer.decode(ids[-span + 1 :]).replace(" ", "") == "<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_features_stop_after_the_deepest_layer_and_match_a_full_forward(tiny_model, tokenizer, rows):
@@ -128,15 +145,27 @@ def test_empty_set_and_layer_out_of_range(tiny_model):
         check_layers(tiny_model, [3])
 
 
-@pytest.mark.parametrize("tokens", ["last", "mean"])
+@pytest.mark.parametrize("tokens", ["last", "mean", "template"])
 def test_in_training_risk_equals_probe_score(tokens, tiny_probe, tiny_model, tokenizer, rows, tmp_path):
     """The risk read from the reference pass (prompt + response, right-padded batch) equals scoring the prompts
-    alone, example by example; with `tokens: mean` too (the mean over the prompt's tokens, not the response's)."""
+    alone, example by example; with `tokens: mean` too (the mean over the prompt's tokens, not the response's) and
+    `tokens: template` (the instruction's last token and the template's tokens after it)."""
+    if tokens == "template":  # features span·d wide: fit a probe on them
+        flagged, benign = prompts_of(rows[-8:]), prompts_of(rows[:24])
+        tiny_probe = fit_probe(
+            prompt_features(tiny_model, tokenizer, flagged, LAYERS, tokens=tokens),
+            prompt_features(tiny_model, tokenizer, benign, LAYERS, tokens=tokens),
+            LAYERS,
+            "mean",
+            C=1.0,
+        )
+        tiny_probe.metadata["model"] = model_fingerprint(tiny_model, tokenizer)
     tiny_probe.tokens = tokens
     tiny_probe.save(tmp_path / "probe")
     batch_rows = [rows[0], rows[-1], rows[7], rows[-4]]
     features = prompt_features(tiny_model, tokenizer, prompts_of(batch_rows), LAYERS, tokens=tokens)
     expected = tiny_probe.score(features)
+    assert expected.std() > 0.01  # the four examples score differently
     config = make_config(tmp_path, regularizer="adaptive", critic="probe", probe_path=str(tmp_path / "probe"))
     trainer = make_trainer(tiny_model, tokenizer, batch_rows, config)
     seen = []
@@ -308,15 +337,16 @@ def test_cli_fit_response_position(position, tmp_path):
     assert len(out.read_text().splitlines()) == 12
 
 
-def test_cli_fit_mean_over_prompt_tokens(tmp_path, capsys):
-    """`--tokens mean` is recorded in the probe and used by `score`; it needs position prompt."""
+@pytest.mark.parametrize("tokens", ["mean", "template"])
+def test_cli_fit_over_other_prompt_tokens(tokens, tmp_path, capsys):
+    """`--tokens mean` or `template` is recorded in the probe and used by `score`; it needs position prompt."""
     harmful, benign = tmp_path / "harmful.txt", tmp_path / "benign.txt"
     harmful.write_text("\n".join(f"placeholder request number {i}" for i in range(12)))
     benign.write_text("\n".join(f"add {i} and {i + 1}" for i in range(12)))
     fit = ["probe", "fit", "--model", "tiny-llama", "--harmful", str(harmful), "--benign", str(benign)]
-    fit += ["--layers", "2", "--pooling", "last-layer", "--C", "1.0", "--tokens", "mean"]
+    fit += ["--layers", "2", "--pooling", "last-layer", "--C", "1.0", "--tokens", tokens]
     assert main([*fit, "--out", str(tmp_path / "probe")]) == 0
-    assert json.loads((tmp_path / "probe" / "probe.json").read_text())["tokens"] == "mean"
+    assert json.loads((tmp_path / "probe" / "probe.json").read_text())["tokens"] == tokens
     out = tmp_path / "risk.jsonl"
     assert (
         main(["probe", "score", "--probe", str(tmp_path / "probe"), "--data", "tiny-synthetic", "--out", str(out)]) == 0
@@ -325,7 +355,7 @@ def test_cli_fit_mean_over_prompt_tokens(tmp_path, capsys):
     assert len(risks) == 32 and np.mean(risks[-8:]) > np.mean(risks[:24])  # the flagged rows score higher
     capsys.readouterr()
     assert main([*fit, "--position", "response", "--out", str(tmp_path / "bad")]) == 2
-    assert "`mean` with position prompt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "`mean` or `template` with position prompt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_cli_fit_selects_the_layer_on_validation_sets(tmp_path, capsys):

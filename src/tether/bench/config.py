@@ -52,6 +52,7 @@ class ProbeSpec:
     benign: list[str] = field(default_factory=lambda: ["alpaca", "gsm8k:600"])
     layers: list[int] = field(default_factory=lambda: [11])
     pooling: str = "last-layer"
+    tokens: str = "last"  # `tether probe fit --tokens`
     C: float | None = None
     eval_harmful: list[str] = field(default_factory=list)  # held-out sets measured on the reference
     eval_benign: list[str] = field(default_factory=list)
@@ -223,6 +224,10 @@ def _validate(config: BenchConfig, where: str) -> None:
         if scenario.x not in (None, "harmful_ratio", "learning_rate"):
             raise TetherInputError(f"{where}: scenario {scenario.name!r}: x must be harmful_ratio or learning_rate")
     probe = config.probe
+    from tether.critics.probe import TOKEN_POOLINGS
+
+    if probe is not None and probe.tokens not in TOKEN_POOLINGS:
+        raise TetherInputError(f"{where}: probe: tokens must be one of {', '.join(TOKEN_POOLINGS)}; got {probe.tokens!r}")
     if probe is not None and bool(probe.val_harmful) != bool(probe.val_benign):
         raise TetherInputError(f"{where}: probe: val_harmful and val_benign choose the layer together; set both")
     if probe is not None and probe.val_max_flagged and not probe.val_harmful:

@@ -144,15 +144,17 @@ class Bench:
         spec = self.config.probe
         if spec is None:
             return
-        optional = ("val_harmful", "val_benign", "val_max_flagged")  # left out when unset: older records stay valid
-        fields = {k: v for k, v in _as_dict(spec).items() if v or k not in optional}
+        unset = {"val_harmful": [], "val_benign": [], "val_max_flagged": {}, "tokens": "last"}
+        # fields left at these values are left out of the record, so records written before they existed stay valid
+        fields = {k: v for k, v in _as_dict(spec).items() if k not in unset or v != unset[k]}
         probe_spec = {"probe": fields, "model": self.reference_model}
         if not self.cached("probe", self.probe_dir / "probe.json", probe_spec):
             shutil.rmtree(self.probe_dir, ignore_errors=True)
             shutil.rmtree(self.out / "probe_eval", ignore_errors=True)
             log(f"probe: fitting on {self.reference_model}")
             argv = ["fit", "--model", self.reference_model, "--harmful", *spec.harmful, "--benign", *spec.benign]
-            argv += ["--layers", *map(str, spec.layers), "--pooling", spec.pooling, "--out", str(self.probe_dir)]
+            argv += ["--layers", *map(str, spec.layers), "--pooling", spec.pooling, "--tokens", spec.tokens]
+            argv += ["--out", str(self.probe_dir)]
             argv += ["--C", str(spec.C)] if spec.C is not None else []
             argv += ["--val_harmful", *spec.val_harmful, "--val_benign", *spec.val_benign] if spec.val_harmful else []
             limits = [f"{name}={share}" for name, share in spec.val_max_flagged.items()]

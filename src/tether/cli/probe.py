@@ -54,8 +54,9 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--tokens",
         default="last",
-        choices=["last", "mean"],
-        help="position prompt: the last prompt token's state (the paper) or the mean over the prompt's tokens",
+        choices=["last", "mean", "template"],
+        help="position prompt: the last prompt token's state (the paper), the mean over the prompt's tokens, or "
+        "template: the states of the user message's last token and of every chat-template token after it, side by side",
     )
     fit.add_argument("--out", required=True, help="probe directory to create")
 

@@ -30,7 +30,9 @@ from tether.errors import TetherInputError
 
 POOLINGS = ("last-layer", "mean", "max", "weighted", "concat")
 POSITIONS = ("prompt", "response", "both")
-TOKEN_POOLINGS = ("last", "mean")  # over a prompt's tokens: its last one, or the mean of all of them
+# which of a prompt's tokens: its last one, the mean of all of them, or the template span (the instruction's last token
+# and every chat-template token after it, side by side)
+TOKEN_POOLINGS = ("last", "mean", "template")
 PROBE_FORMAT = 1
 
 
@@ -69,7 +71,8 @@ def capture_layer_states(
     model, layers: list[int], rows: torch.Tensor, cols: torch.Tensor, token_weights: torch.Tensor | None = None
 ):
     """While active, a forward of `model` stores hidden_states[ℓ] at (rows, cols) in `captured[ℓ]` (n, d) float32;
-    with `token_weights` (n, T), the weighted sum over positions of batch row `rows` instead (`cols` unused)."""
+    with 2-D rows and cols (n, P), the P states of each row side by side, (n, P·d); with `token_weights` (n, T), the
+    weighted sum over positions of batch row `rows` instead (`cols` unused)."""
     captured: dict[int, torch.Tensor] = {}
     handles = []
     for layer in layers:
@@ -78,7 +81,7 @@ def capture_layer_states(
         def keep(module, args, output, layer=layer):
             hidden = output[0] if isinstance(output, tuple) else output  # (B, T, d)
             if token_weights is None:
-                captured[layer] = hidden[rows, cols].detach().float()  # (n, d)
+                captured[layer] = hidden[rows, cols].detach().float().flatten(1)  # (n, d), or (n, P·d)
             else:
                 captured[layer] = torch.einsum("nt,ntd->nd", token_weights, hidden[rows].detach().float())
 
@@ -114,6 +117,31 @@ def stack_layers(captured: dict[int, torch.Tensor], layers: list[int]) -> torch.
     return torch.stack([captured[layer] for layer in layers], dim=1)  # (n, L, d)
 
 
+def template_span(tokenizer) -> int:
+    """How many positions `tokens: template` reads: the last token of the user's message and every token the chat
+    template puts after it (end of turn, generation prompt). The template's tokens are the longest common suffix of
+    two prompts whose messages end differently."""
+    a, b = (
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        )
+        for text in ("Name a colour.", "Count to three!")
+    )
+    common = 0
+    while common < min(len(a), len(b)) and a[-1 - common] == b[-1 - common]:
+        common += 1
+    if common >= min(len(a), len(b)):
+        raise TetherInputError("the chat template hides the user's message; use `tokens: last` for this model")
+    return common + 1
+
+
+def template_positions(last: torch.Tensor, span: int) -> torch.Tensor:
+    """last (B,) index of each row's last prompt token -> (B, span) the template span's indices, in order."""
+    return last[:, None] - torch.arange(span - 1, -1, -1, device=last.device)[None]
+
+
 def prompt_features(
     model,
     tokenizer,
@@ -124,13 +152,15 @@ def prompt_features(
     padding_side: str = "right",
     tokens: str = "last",
 ) -> torch.Tensor:
-    """Hidden states of `layers` at each prompt's last token (after the generation prompt), or their mean over the
-    prompt's tokens (`tokens="mean"`): (n, L, d) float32."""
+    """Hidden states of `layers` at each prompt's last token (after the generation prompt), their mean over the
+    prompt's tokens (`tokens="mean"`): (n, L, d) float32, or the template span's states side by side
+    (`tokens="template"`, `template_span`): (n, L, span·d)."""
     ids = [
         list(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
         for p in prompts
     ]
-    return last_token_features(model, tokenizer.pad_token_id, ids, layers, batch_size, desc, padding_side, tokens)
+    span = template_span(tokenizer) if tokens == "template" else 1
+    return last_token_features(model, tokenizer.pad_token_id, ids, layers, batch_size, desc, padding_side, tokens, span)
 
 
 def response_features(
@@ -181,9 +211,11 @@ def last_token_features(
     desc: str = "features",
     padding_side: str = "right",
     tokens: str = "last",
+    span: int = 1,
 ) -> torch.Tensor:
     """Hidden states of `layers` at the last token of each token sequence (or their mean over the sequence's tokens,
-    `tokens="mean"`): (n, L, d) float32.
+    `tokens="mean"`): (n, L, d) float32; with `tokens="template"`, the last `span` tokens' states side by side,
+    (n, L, span·d).
 
     With right padding the last token of row i sits at len_i − 1; with left padding at T − 1, and position ids are
     counted over the attention mask so that padding does not shift them.
@@ -204,6 +236,10 @@ def last_token_features(
             position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
             rows = torch.arange(len(chunk))
             cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token
+            if tokens == "template":
+                if min(map(len, chunk)) < span:
+                    raise TetherInputError(f"a prompt is shorter than the chat template's {span} tokens; use tokens last")
+                rows, cols = rows[:, None].expand(-1, span), template_positions(cols, span)  # (B, span) each
             weights = (attention_mask / attention_mask.sum(1, keepdim=True)).to(device) if tokens == "mean" else None
             with (
                 capture_layer_states(model, layers, rows.to(device), cols.to(device), weights) as captured,
@@ -290,10 +326,11 @@ class LinearProbe:
     layer_weights: torch.Tensor | None = None  # (L,), for `weighted`
     metadata: dict = field(default_factory=dict)
     position: str = "prompt"  # `prompt`: last prompt token; `response`: last response token; `both`: the two
-    tokens: str = "last"  # `position: prompt` only: `mean` averages the states over the prompt's tokens
+    tokens: str = "last"  # `position: prompt` only: `mean` over the prompt's tokens, `template` the template span
 
     def logit(self, features: torch.Tensor) -> torch.Tensor:
-        """features (n, L, d), or (n, 2L, d) for `position: both` -> uncalibrated logit (n,)."""
+        """features (n, L, d) ((n, L, span·d) for `tokens: template`), or (n, 2L, d) for `position: both` ->
+        uncalibrated logit (n,)."""
         x = pool_positions(features.float(), self.pooling, self.layer_weights, self.position)  # (n, F)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x @ self.coef.to(x.device) + self.intercept

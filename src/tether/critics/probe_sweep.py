@@ -43,10 +43,12 @@ class FeatureBank:
         """`position`: `prompt` reads prompt sets at the last prompt token; `response` reads chat data (prompt and
         response) at the last response token, `both` at the two (`chat_row_features`). `layers`: extract only these
         (default every layer), so the forward stops after the deepest one; `bank(source, layers)` then indexes
-        hidden-state numbers, not positions. `tokens`: `last`, or `mean` over the prompt's tokens (`prompt` only)."""
-        if tokens not in TOKEN_POOLINGS or (tokens == "mean" and position != "prompt"):
+        hidden-state numbers, not positions. `tokens`: `last`, or `mean` over the prompt's tokens, or `template` (the
+        instruction's last token and the chat template's tokens after it, side by side), `prompt` only."""
+        if tokens not in TOKEN_POOLINGS or (tokens != "last" and position != "prompt"):
             raise TetherInputError(
-                f"probe tokens must be `last`, or `mean` with position prompt; got {tokens!r} with {position!r}"
+                f"probe tokens must be `last`, or `mean` or `template` with position prompt; got {tokens!r} with "
+                f"{position!r}"
             )
         self.tokens = tokens
         self.model, self.tokenizer, self.data_dir, self.batch_size = model, tokenizer, data_dir, batch_size
