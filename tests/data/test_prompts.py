@@ -33,3 +33,10 @@ def test_strided_ranges_interleave():
 def test_bad_range_is_one_line(source):
     with pytest.raises(TetherInputError, match="alpaca-eval"):
         load_prompts(source, SHARED_DATA)
+
+
+def test_alpaca_safety_is_the_safety_related_alpaca_rows_with_their_inputs():
+    prompts = load_prompts("alpaca-safety", SHARED_DATA)
+    assert len(prompts) == 1904 and all(p[-1]["role"] == "user" and p[-1]["content"] for p in prompts)
+    with_input = [p for p in prompts if "\n\n" in p[-1]["content"]]  # instruction + input, as for `alpaca`
+    assert with_input and len(with_input) < len(prompts)

@@ -227,7 +227,8 @@ def _validate(config: BenchConfig, where: str) -> None:
     from tether.critics.probe import TOKEN_POOLINGS
 
     if probe is not None and probe.tokens not in TOKEN_POOLINGS:
-        raise TetherInputError(f"{where}: probe: tokens must be one of {', '.join(TOKEN_POOLINGS)}; got {probe.tokens!r}")
+        choices = ", ".join(TOKEN_POOLINGS)
+        raise TetherInputError(f"{where}: probe: tokens must be one of {choices}; got {probe.tokens!r}")
     if probe is not None and bool(probe.val_harmful) != bool(probe.val_benign):
         raise TetherInputError(f"{where}: probe: val_harmful and val_benign choose the layer together; set both")
     if probe is not None and probe.val_max_flagged and not probe.val_harmful:

@@ -238,7 +238,7 @@ def last_token_features(
             cols = attention_mask.cumsum(1).argmax(1)  # (B,) index of the last real token
             if tokens == "template":
                 if min(map(len, chunk)) < span:
-                    raise TetherInputError(f"a prompt is shorter than the chat template's {span} tokens; use tokens last")
+                    raise TetherInputError(f"a prompt is shorter than the template's {span} tokens; use tokens last")
                 rows, cols = rows[:, None].expand(-1, span), template_positions(cols, span)  # (B, span) each
             weights = (attention_mask / attention_mask.sum(1, keepdim=True)).to(device) if tokens == "mean" else None
             with (

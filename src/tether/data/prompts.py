@@ -6,8 +6,9 @@ Each prompt is a list of chat messages ending with the user turn. Named sets, re
   `harmbench-test`: HarmBench's own validation and test splits of them, 41 and 159), `safety-llamas` (2,483
   instructions), `I-CoNa`, `I-Controversial`, `I-MaliciousInstructions`, `I-PhysicalSafetyUnsafe`, `Q-Harm`,
   `xstest-unsafe`;
-- benign: `alpaca` (1k), `alpaca-eval` (805), `gsm8k` (train questions), `gsm8k-test`, `xstest-safe`
-  (safe prompts that look unsafe), `I-Alpaca`, `I-PhysicalSafetySafe`.
+- benign: `alpaca` (1k), `alpaca-safety` (the 1,904 safety-related Alpaca rows Qi et al. removed from their benign
+  set: benign requests on safety-adjacent topics), `alpaca-eval` (805), `gsm8k` (train questions), `gsm8k-test`,
+  `xstest-safe` (safe prompts that look unsafe), `I-Alpaca`, `I-PhysicalSafetySafe`.
 A local `.jsonl`/`.json` file may hold `prompt`, `instruction` (+ `input`), `question`, `goal` or `messages` rows;
 a `.txt` file one prompt per line. `NAME:N` takes the first N prompts of a set, `NAME:A-B` prompts A to B − 1 (from 0),
 `NAME:A-B/S` every S-th of them, so `alpaca-eval:300` and `alpaca-eval:300-805` are disjoint, and so are the
@@ -43,6 +44,7 @@ PROMPT_SETS = {
     "xstest-unsafe": ("csv", "xstest/xstest_prompts.csv", "prompt", ("label", "unsafe")),
     "safety-llamas": ("rows", "safety_tuned_llamas/safety_only_data_Instructions.json", None, None),
     "alpaca": ("rows", "alpaca/alpaca_data_1k.json", None, None),
+    "alpaca-safety": ("rows", "alpaca/alpaca_data_safety_only.json", None, None),
     "alpaca-eval": ("rows", "alpaca_eval/text_davinci_003_outputs.json", None, None),
     "gsm8k": ("rows", "gsm8k/train.jsonl", None, None),
     "gsm8k-test": ("rows", "gsm8k/test.jsonl", None, None),
