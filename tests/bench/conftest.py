@@ -87,6 +87,7 @@ def tiny_bench(data_dir, **overrides) -> dict:
             "benign": ["alpaca"],
             "layers": [1, 2],
             "pooling": "last-layer",
+            "tokens": "template",  # the user message's last token and the template after it, read in training too
             "C": 1.0,
             "eval_harmful": ["harmbench"],
             "eval_benign": ["gsm8k-test"],

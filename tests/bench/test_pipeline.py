@@ -58,7 +58,7 @@ def test_every_stage_writes_its_outputs(bench_dir):
     assert probe_run["model"]["model_name_or_path"] == str(bench_dir / "reference" / "model")
     probe = json.loads((bench_dir / "probe" / "probe.json").read_text())  # one of the two layers, chosen on validation
     assert [row["layer"] for row in probe["layer_selection"]["candidates"]] == [1, 2]
-    assert probe["layers"] == [probe["layer_selection"]["chosen"]]
+    assert probe["layers"] == [probe["layer_selection"]["chosen"]] and probe["tokens"] == "template"
 
 
 def test_report_lists_every_method_and_plot(bench_dir):
