@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tether.critics.probe import probe_metrics
+from tether.critics.probe import probe_metrics, template_span
 from tether.critics.probe_sweep import FeatureBank, fit_from_sources
 from tether.modeling import load_model_and_tokenizer
 
@@ -92,11 +92,9 @@ def main():
     template = FeatureBank(model, tokenizer, batch_size=32, layers=layers, tokens="template")
     start = time.perf_counter()
     sources = {s for harmful, benign in MIXES.values() for s in harmful + benign}
-    for source in sorted(sources) + VAL_HARMFUL + VAL_BENIGN + TEST_HARMFUL + TEST_BENIGN + ["xstest-safe", "pure-bad"]:
+    for source in sorted(sources) + VAL_HARMFUL + VAL_BENIGN + [VAL_HARD] + TEST_HARMFUL + TEST_BENIGN + [TEST_HARD]:
         template(source)
-    for half in (VAL_HARD, TEST_HARD):  # the XSTest halves are rows of the whole set's features
-        start_row, stride = int(half.split(":")[1].split("-")[0]), 2
-        template.cache[half] = template.cache["xstest-safe"][start_row::stride]
+    template("pure-bad")
     seconds = time.perf_counter() - start
     rows = []
     for bank in (LastOfTemplate(template, model.config.hidden_size), template):
@@ -119,7 +117,7 @@ def main():
     }
     for tokens, row in chosen.items():
         print(f"chosen on validation ({tokens}): {row['mix']}, layer {row['layer']}")
-    result = {"feature_seconds": seconds, "span": len(template("pure-bad")[0, 0]) // model.config.hidden_size}
+    result = {"feature_seconds": seconds, "span": template_span(tokenizer)}
     result |= {"chosen": chosen, "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -362,10 +362,10 @@ class TetherTrainer(SFTTrainer):
                 "both": (batch_rows.repeat(2), torch.cat([last_prompt, last_response])),  # (2B,), (2B,)
             }[position]
             token_weights = None
-            if getattr(self.critic, "tokens", "last") == "template":  # the instruction's end and the template after it
-                probe_rows = batch_rows[:, None].expand(-1, self.template_span)  # (B, span)
-                probe_at = template_positions(last_prompt, self.template_span)  # (B, span)
-            if getattr(self.critic, "tokens", "last") == "mean":  # the mean over each prompt's tokens
+            tokens = getattr(self.critic, "tokens", "last")
+            if tokens == "template":  # the instruction's last token and the template after it: (B, span) each
+                probe_rows, probe_at = template_positions(batch_rows, last_prompt, self.template_span)
+            if tokens == "mean":  # the mean over each prompt's tokens
                 in_prompt = (
                     torch.arange(inputs["input_ids"].shape[1], device=rows.device) < inputs["prompt_length"][:, None]
                 )

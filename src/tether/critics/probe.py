@@ -137,9 +137,11 @@ def template_span(tokenizer) -> int:
     return common + 1
 
 
-def template_positions(last: torch.Tensor, span: int) -> torch.Tensor:
-    """last (B,) index of each row's last prompt token -> (B, span) the template span's indices, in order."""
-    return last[:, None] - torch.arange(span - 1, -1, -1, device=last.device)[None]
+def template_positions(rows: torch.Tensor, last: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows (B,) batch rows and last (B,) index of each one's last prompt token -> the template span's (rows, cols),
+    (B, span) each, in order: index a (B, T, d) hidden state with them for (B, span, d)."""
+    cols = last[:, None] - torch.arange(span - 1, -1, -1, device=last.device)[None]  # (B, span)
+    return rows[:, None].expand(-1, span), cols
 
 
 def prompt_features(
@@ -239,7 +241,7 @@ def last_token_features(
             if tokens == "template":
                 if min(map(len, chunk)) < span:
                     raise TetherInputError(f"a prompt is shorter than the template's {span} tokens; use tokens last")
-                rows, cols = rows[:, None].expand(-1, span), template_positions(cols, span)  # (B, span) each
+                rows, cols = template_positions(rows, cols, span)  # (B, span) each
             weights = (attention_mask / attention_mask.sum(1, keepdim=True)).to(device) if tokens == "mean" else None
             with (
                 capture_layer_states(model, layers, rows.to(device), cols.to(device), weights) as captured,
