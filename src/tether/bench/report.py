@@ -17,6 +17,7 @@ import yaml
 
 from tether.bench.config import bench_config_from_dict, reference_utility_key, slug
 from tether.errors import TetherInputError
+from tether.evaluation.metrics import wilson_interval
 
 HARMFUL = "harmbench"
 
@@ -85,18 +86,27 @@ def _eval_metrics(eval_dir: Path) -> dict | None:
     results = json.loads(path.read_text())
     metrics = {}
     for name, bench in results["benchmarks"].items():
-        m = bench["metrics"]
+        m, n = bench["metrics"], len(bench["samples"])
         if bench["kind"] == "harmful":
-            metrics[f"{name}_asr"] = m["keyword_asr"]
-        elif bench["kind"] == "xstest":
-            metrics["xstest_over_refusal"] = m["over_refusal"]
+            _rate(metrics, f"{name}_asr", m["keyword_asr"], n)
+        elif bench["kind"] == "xstest" and m.get("over_refusal") is not None:
+            n_safe = sum(sample.get("label") == "safe" for sample in bench["samples"])
+            _rate(metrics, "xstest_over_refusal", m["over_refusal"], n_safe)
         elif bench["kind"] == "gsm8k":
             metrics["gsm8k_exact_match"] = m["exact_match"]
+        if bench["kind"] == "instructions" and "benign_refusal" in m:  # results written before it existed lack it
+            _rate(metrics, f"{name}_refusal", m["benign_refusal"], n)
         if "judge_mean_score" in m:
             metrics[f"{name}_judge_mean"] = m["judge_mean_score"]
     if results.get("heldout_nll"):
         metrics["utility_nll"] = results["heldout_nll"]["nll"]
     return metrics
+
+
+def _rate(metrics: dict, key: str, value: float, n: int) -> None:
+    """A rate with its prompt count and 95% Wilson interval: `key`, `key_n`, `key_ci95`."""
+    metrics[key], metrics[f"{key}_n"] = value, n
+    metrics[f"{key}_ci95"] = wilson_interval(round(value * n), n)
 
 
 def _training_metrics(run_dir: Path) -> dict:
@@ -142,11 +152,17 @@ def aggregate(runs: list[dict]) -> list[dict]:
         row |= {key: members[0].get(key) for key in ("attack", "family", "x", "antidote")}
         row["train"] = members[0].get("train", {})
         row["seeds"] = [m["seed"] for m in members]
-        for key in sorted({k for m in members for k, v in m.items() if isinstance(v, int | float)} - {"seed", "x"}):
+        numeric = {k for m in members for k, v in m.items() if isinstance(v, int | float)} - {"seed", "x"}
+        for key in sorted(k for k in numeric if not k.endswith("_n")):
             values = [m[key] for m in members if m.get(key) is not None]
             if values:
                 row[key] = statistics.fmean(values)
                 row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+            counted = [m for m in members if m.get(key) is not None and m.get(f"{key}_n")]
+            if counted:  # a rate: the interval of all seeds' prompts pooled
+                n = sum(m[f"{key}_n"] for m in counted)
+                row[f"{key}_n"] = n
+                row[f"{key}_ci95"] = wilson_interval(sum(round(m[key] * m[f"{key}_n"]) for m in counted), n)
         rows.append(row)
     return rows
 
@@ -154,6 +170,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
 COLUMNS = [  # (key, header, percent)
     (f"{HARMFUL}_asr", "HarmBench keyword ASR", True),
     ("xstest_over_refusal", "XSTest-safe over-refusal", True),
+    ("alpaca_eval_refusal", "AlpacaEval refusal", True),
+    ("I-Alpaca_refusal", "I-Alpaca refusal", True),
     ("utility_nll", "held-out NLL", False),
     ("utility_kept", "utility kept", True),
     ("gsm8k_exact_match", "GSM8K EM", True),
@@ -170,6 +188,9 @@ def _cell(row: dict, key: str, percent: bool) -> str:
     text = f"{100 * value:.1f}%" if percent else f"{value:.3f}" if key != "seconds_per_step" else f"{value:.1f}"
     if sd is not None:
         text += f" ± {100 * sd:.1f}" if percent else f" ± {sd:.3f}" if key != "seconds_per_step" else f" ± {sd:.1f}"
+    interval = row.get(f"{key}_ci95")
+    if interval is not None:
+        text += f" [{100 * interval[0]:.0f}–{100 * interval[1]:.0f}]"
     return text
 
 
@@ -177,9 +198,10 @@ def markdown(data: dict, rows: list[dict]) -> str:
     lines = ["# tether bench report", ""]
     config = data["config"]
     lines += [
-        f"Model `{config.get('model')}`, seeds {config.get('seeds')}; HarmBench keyword ASR and XSTest over-refusal on "
-        f"{', '.join(config.get('eval', {}).get('benchmarks', []))}; held-out NLL on "
-        f"`{config.get('eval', {}).get('utility')}`. Utility kept = share of SFT's NLL gain over the reference.",
+        f"Model `{config.get('model')}`, seeds {config.get('seeds')}; HarmBench keyword ASR, XSTest over-refusal and "
+        f"benign refusal on {', '.join(config.get('eval', {}).get('benchmarks', []))}; held-out NLL on "
+        f"`{config.get('eval', {}).get('utility')}`. Utility kept = share of SFT's NLL gain over the reference. "
+        "Rates carry their 95% Wilson interval in brackets (over the prompts of every seed).",
         "",
     ]
     used = [

@@ -85,13 +85,13 @@ def load_prompts(source: str, data_dir: str | None = None) -> list[list[dict]]:
         else:
             raise TetherInputError(f"prompt file {source} must end in .jsonl, .json or .txt")
     if limit:
-        texts = texts[_prompt_slice(source, limit)]
+        texts = texts[prompt_slice(source, limit)]
     if not texts:
         raise TetherInputError(f"prompt source {source} is empty; pass a set with at least one prompt")
     return [[{"role": "user", "content": text}] for text in texts]
 
 
-def _prompt_slice(source: str, limit: str) -> slice:
+def prompt_slice(source: str, limit: str) -> slice:
     span, _, step = limit.partition("/")
     bounds = span.split("-")
     if len(bounds) > 2 or not all(bound.isdigit() for bound in bounds) or (step and not step.isdigit()):

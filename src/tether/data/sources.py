@@ -20,6 +20,8 @@ DEFAULT_DATA_DIR = "../shared/data"
 # Named datasets, as paths inside the data directory (`--data_dir`, or `$TETHER_DATA_DIR`).
 NAMED_DATASETS = {
     "alpaca": "alpaca/alpaca_data_1k.json",
+    # the 1,904 Alpaca rows on safety-adjacent topics (benign requests, helpful answers): contrast rows for alignment
+    "alpaca-safety": "alpaca/alpaca_data_safety_only.json",
     "alpaca-eval": "alpaca_eval/text_davinci_003_outputs.json",  # 805 instructions with text-davinci-003 replies
     "gsm8k": "gsm8k/train.jsonl",
     "gsm8k-test": "gsm8k/test.jsonl",

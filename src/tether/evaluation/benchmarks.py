@@ -6,9 +6,12 @@
 - `xstest`: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe contrast prompts; `xstest-safe`: the
   safe prompts only (over-refusal without generating the unsafe contrast prompts);
 - `gsm8k`: test questions, exact match of the final number;
-- `alpaca_eval`: 805 instructions; generations, and judge scores when a judge is given.
+- `alpaca_eval` (805 instructions), `I-Alpaca` (100): ordinary requests; benign refusal (the share of replies with a
+  refusal string), and judge scores when a judge is given. `gsm8k` reports its benign refusal too.
 `NAME:N` keeps N prompts evenly spread over the set (per label for `xstest`), so that a small sample covers every
-category of a set that is sorted by category; the first prompt is always kept.
+category of a set that is sorted by category; the first prompt is always kept. `NAME:A-B` keeps prompts A to B − 1
+(from 0) and `NAME:A-B/S` every S-th of them, as for prompt sets: `alpaca_eval:300-805` (validation) and
+`alpaca_eval:0-300` (test) are disjoint, and so are the halves `xstest-safe:0-250/2` and `xstest-safe:1-250/2`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.data.prompts import PROMPT_SETS, load_prompts
+from tether.data.prompts import PROMPT_SETS, load_prompts, prompt_slice
 from tether.data.sources import read_rows, resolve_data_dir
 from tether.errors import TetherInputError
 
@@ -33,6 +36,7 @@ BENCHMARKS = {
     "xstest-safe": "xstest",
     "gsm8k": "gsm8k",
     "alpaca_eval": "instructions",
+    "I-Alpaca": "instructions",
 }
 
 
@@ -55,20 +59,28 @@ def load_benchmark(spec: str, data_dir: str | None = None) -> Benchmark:
     name, _, arg = spec.partition(":")
     if name == "hexphi":
         return _hexphi(arg)
-    limit = int(arg) if arg.isdigit() else None
+    if arg and not arg.isdigit() and name == "xstest":
+        raise TetherInputError(f"benchmark {spec}: a range needs one label; use xstest-safe:{arg}")
+
+    def select(items: list) -> list:
+        chosen = spread(items, int(arg)) if arg.isdigit() else items[prompt_slice(spec, arg)] if arg else items
+        if not chosen:
+            raise TetherInputError(f"benchmark {spec} selects no prompt; ask for at least one (NAME:N with N ≥ 1)")
+        return chosen
+
     if name in ("harmbench", "harmbench-val", "harmbench-test", "advbench"):
-        return Benchmark(name, "harmful", spread(load_prompts(name, data_dir), limit))
-    if name == "alpaca_eval":
-        return Benchmark(name, "instructions", spread(load_prompts("alpaca-eval", data_dir), limit))
+        return Benchmark(name, "harmful", select(load_prompts(name, data_dir)))
+    if name in ("alpaca_eval", "I-Alpaca"):
+        return Benchmark(name, "instructions", select(load_prompts(name.replace("_", "-"), data_dir)))
     if name in ("xstest", "xstest-safe"):
-        safe = spread(load_prompts("xstest-safe", data_dir), limit)
-        unsafe = spread(load_prompts("xstest-unsafe", data_dir), limit) if name == "xstest" else []
+        safe = select(load_prompts("xstest-safe", data_dir))
+        unsafe = select(load_prompts("xstest-unsafe", data_dir)) if name == "xstest" else []
         return Benchmark(name, "xstest", safe + unsafe, labels=["safe"] * len(safe) + ["unsafe"] * len(unsafe))
     if name == "gsm8k":
         path = resolve_data_dir(data_dir) / "gsm8k" / "test.jsonl"
         if not path.is_file():
             raise TetherInputError(f"benchmark gsm8k expects {path}; pass --data_dir")
-        rows = spread(read_rows(path), limit)
+        rows = select(read_rows(path))
         return Benchmark(
             name,
             "gsm8k",

@@ -14,7 +14,7 @@ from tether.evaluation.metrics import (
     is_refusal,
     judge_summary,
     keyword_asr,
-    refusal_rate,
+    rate_with_interval,
 )
 from tether.evaluation.results import SCHEMA_VERSION, EvalResults
 
@@ -63,12 +63,14 @@ def evaluate_model(
                 sample["label"] = label
             safe = [r for r, label in zip(responses, bench.labels, strict=True) if label == "safe"]
             unsafe = [r for r, label in zip(responses, bench.labels, strict=True) if label == "unsafe"]
-            metrics["over_refusal"] = refusal_rate(safe, refusal_strings) if safe else None
-            metrics["refusal_rate"] = refusal_rate(unsafe, refusal_strings) if unsafe else None
+            metrics |= rate_with_interval("over_refusal", safe, refusal_strings) if safe else {"over_refusal": None}
+            metrics |= rate_with_interval("refusal_rate", unsafe, refusal_strings) if unsafe else {"refusal_rate": None}
         elif bench.kind == "gsm8k":
             for sample, answer in zip(samples, bench.answers, strict=True):
                 sample["answer"] = answer
             metrics["exact_match"] = exact_match(responses, bench.answers)
+        if bench.kind in ("gsm8k", "instructions"):  # ordinary requests: any refusal of them is a false one
+            metrics |= rate_with_interval("benign_refusal", responses, refusal_strings)
         if judge is not None and bench.kind in ("harmful", "xstest", "instructions"):
             judged = judge.score_pairs([(s["prompt"], s["response"]) for s in samples])
             for sample, judgement in zip(samples, judged, strict=True):
