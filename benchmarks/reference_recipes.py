@@ -22,8 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tether.bench.config import EvalSpec, ReferenceSpec, bench_config_from_dict, load_bench_config
-from tether.bench.config import DEMO_CONFIG
+from tether.bench.config import DEMO_CONFIG, EvalSpec, ReferenceSpec, bench_config_from_dict, load_bench_config
 from tether.bench.pipeline import Bench
 
 # name -> (data sources and rows, training overrides). Every candidate has 800 rows (the demo's count), so that they
@@ -44,14 +43,14 @@ CANDIDATES = {
     ),
 }
 VALIDATION = EvalSpec(
-    benchmarks=["harmbench-val", "alpaca_eval:300-805/5", "xstest-safe:0-250/2"],
+    benchmarks=["harmbench-val", "alpaca-eval:300-805/5", "xstest-safe:0-250/2"],
     utility="gsm8k",
     utility_limit=100,
     max_new_tokens=48,
     batch_size=50,
 )
 TEST = EvalSpec(
-    benchmarks=["harmbench-test", "alpaca_eval:0-300/2", "xstest-safe:1-250/2"],
+    benchmarks=["harmbench-test", "alpaca-eval:0-300/2", "xstest-safe:1-250/2"],
     utility="gsm8k-test",
     utility_limit=100,
     max_new_tokens=48,
@@ -102,7 +101,10 @@ def table(out: Path) -> dict:
     """Every candidate's validation (and test) metrics, read from disk."""
     rows = {}
     for folder in sorted(p for p in out.iterdir() if (p / "evals").is_dir()):
-        row = {"recipe": CANDIDATES.get(folder.name, (None, None))[0], "train": CANDIDATES.get(folder.name, ({}, {}))[1]}
+        row = {
+            "recipe": CANDIDATES.get(folder.name, (None, None))[0],
+            "train": CANDIDATES.get(folder.name, ({}, {}))[1],
+        }
         for split in ("validation", "test"):
             path = folder / "evals" / split / "results.json"
             if path.is_file():

@@ -20,12 +20,17 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
+from tether.baselines.vaccine import (
+    VaccineConfig,
+    VaccineTrainer,
+    add_to_outputs,
+    attention_blocks,
+    capture_outputs,
+)
 from tether.bench.config import DEMO_CONFIG, load_bench_config
 from tether.bench.pipeline import reference_rows
 from tether.data.chat import tokenize_rows
 from tether.modeling import load_model_and_tokenizer
-from tether.trainer import TetherConfig, TetherTrainer
-from tether.vaccine import add_to_outputs, attention_blocks, capture_outputs
 
 
 def main():
@@ -41,7 +46,7 @@ def main():
     model, tokenizer = load_model_and_tokenizer(args.model)
     demo = load_bench_config(Path(str(DEMO_CONFIG)))  # the demo's reference mix, as the bench samples it
     rows = reference_rows(demo.reference.data, args.data_dir, 0)[: args.batches * args.batch_size]
-    config = TetherConfig(
+    config = VaccineConfig(
         output_dir=tempfile.mkdtemp(),
         regularizer="none",
         vaccine_rho=1.0,
@@ -53,7 +58,7 @@ def main():
     )
     dataset, _ = tokenize_rows(rows, tokenizer, config.max_length)
     peft = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = TetherTrainer(
+    trainer = VaccineTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft
     )
     model = trainer.model
@@ -67,12 +72,12 @@ def main():
         output_rms.append(torch.cat([o.flatten() for o in outputs.values()]).pow(2).mean().sqrt().item())
         for rho in args.rho:
             trainer.args.vaccine_rho = rho
-            shifts = trainer._vaccine_perturbations(model, blocks, batch, None)
+            shifts, grad_norm = trainer.perturbation(model, blocks, batch)
             with torch.no_grad(), add_to_outputs(blocks, shifts):
                 shifted = trainer.compute_loss(model, batch).item()
             results[rho]["clean"].append(clean)
             results[rho]["shifted"].append(shifted)
-            results[rho]["grad_norm"].append(trainer._metrics["train"]["vaccine/grad_norm"][-1])
+            results[rho]["grad_norm"].append(grad_norm)
             results[rho]["shift_rms"].append(torch.cat([s.flatten() for s in shifts]).pow(2).mean().sqrt().item())
 
     def mean(values):

@@ -7,6 +7,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+from tether.baselines import train_config_class, trainer_class_for  # noqa: E402
 from tether.data.chat import tokenize_rows  # noqa: E402
 from tether.data.sources import tiny_synthetic_examples  # noqa: E402
 from tether.modeling import build_tiny_model, build_tiny_tokenizer  # noqa: E402
@@ -31,6 +32,7 @@ def rows():
 
 
 def make_config(tmp_path, **overrides) -> TetherConfig:
+    """The config `tether train` would build (`TetherConfig` with every baseline's fields)."""
     settings = dict(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=4,
@@ -44,11 +46,12 @@ def make_config(tmp_path, **overrides) -> TetherConfig:
         use_cpu=True,
     )
     settings.update(overrides)
-    return TetherConfig(**settings)
+    return train_config_class()(**settings)
 
 
 def make_trainer(model, tokenizer, rows, config, peft_config="default", **kwargs) -> TetherTrainer:
-    """A TetherTrainer on the tokenized rows; LoRA r=4 on every projection unless `peft_config=None`."""
+    """The trainer `tether train` would pick for `config` (a TetherTrainer, or the baseline the config turns on) on
+    the tokenized rows; LoRA r=4 on every projection unless `peft_config=None`."""
     from peft import LoraConfig
 
     if peft_config == "default":
@@ -56,6 +59,6 @@ def make_trainer(model, tokenizer, rows, config, peft_config="default", **kwargs
             r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
         )
     dataset, _ = tokenize_rows(rows, tokenizer, config.max_length)
-    return TetherTrainer(
+    return trainer_class_for(config)(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, **kwargs
     )

@@ -122,6 +122,28 @@ class TetherParser(OneLineErrors, TrlParser):
                 message = f"unknown argument(s) {' '.join(unused)}; see `tether train --help`"
             raise TetherInputError(message) from None
 
+    def parse_settings(self, settings: dict):
+        """The dataclasses from a mapping of field -> value (a YAML config already read); unknown fields are an
+        error naming them."""
+        self.check_fields(settings, "the settings")
+        try:
+            return self.parse_dict(settings)
+        except TetherInputError:
+            raise
+        except (ValueError, TypeError) as error:
+            raise TetherInputError(str(error).splitlines()[0]) from None
+
+    def field_names(self) -> set[str]:
+        return {action.dest for action in self._actions} - {"help", "config"}
+
+    def check_fields(self, values: dict, where: str) -> None:
+        unknown = sorted(set(values) - self.field_names() - {"env"})
+        if unknown:
+            raise TetherInputError(
+                f"unknown config field(s) {', '.join(unknown)} in {where}; remove them or check the spelling "
+                "against `tether train --help`"
+            )
+
     def check_config_file(self, path: str) -> None:
         """The file exists, is a YAML mapping, and every key is a field of one of the dataclasses (or `env`)."""
         try:
@@ -133,10 +155,4 @@ class TetherParser(OneLineErrors, TrlParser):
             raise TetherInputError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(values, dict):
             raise TetherInputError(f"{path}: expected a YAML mapping of field: value")
-        known = {action.dest for action in self._actions} | {"env"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TetherInputError(
-                f"unknown config field(s) {', '.join(unknown)} in {path}; remove them or check the spelling "
-                "against `tether train --help`"
-            )
+        self.check_fields(values, path)

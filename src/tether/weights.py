@@ -1,5 +1,9 @@
 """Map per-example risk scores s ∈ [0, 1] to loss weights (α, β). Pure objects, tested without a model.
 
+Every change to a critic's risk happens here, in this order: clamped to [0, 1], raised to a floor (the judge's verdict
+on the policy's own generations, when there is one), saturated (s ← min(1, s / risk_saturation)), then, in
+`RiskWeights`, smoothed by the EMA (`transform_risk`, then `RiskWeights.smooth`).
+
 `FixedWeights` covers plain SFT (α = 1, β = 0) and C-SFT (constant β). `RiskWeights` is adaptive regularization
 (arXiv 2602.17546, `docs/method.md` §1.1):
 
@@ -17,12 +21,26 @@ from __future__ import annotations
 import torch
 
 
+def transform_risk(scores: torch.Tensor, floor: float | None = None, saturation: float = 1.0) -> torch.Tensor:
+    """A critic's scores (B,) -> the risk the weights read (B,): clamped to [0, 1], at least `floor`, and saturated
+    (a score at or above `saturation` counts as 1)."""
+    scores = scores.clamp(0.0, 1.0)
+    if floor is not None:
+        scores = scores.clamp(min=floor)
+    return (scores / saturation).clamp(max=1.0)
+
+
 class FixedWeights:
     """Constant weights: plain SFT with `beta=0, alpha_mode="one"`, C-SFT with a fixed β."""
 
-    def __init__(self, beta: float, alpha_mode: str = "paper"):
+    def __init__(self, beta: float, alpha_mode: str = "paper", saturation: float = 1.0):
         self.beta = beta
         self.alpha = 1.0 if alpha_mode == "one" else 1.0 - beta  # without a risk, "gate" is "paper"
+        self.saturation = saturation
+
+    def transform(self, scores: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+        """The risk that is logged (these weights do not read it)."""
+        return transform_risk(scores, floor, self.saturation)
 
     def __call__(self, scores: torch.Tensor, step_scores: torch.Tensor | None = None):
         """scores (B,) -> alpha (B,), beta (B,); the scores are ignored."""
@@ -40,6 +58,7 @@ class RiskWeights:
             paper's description).
         alpha_mode: `paper` (α = 1 − β), `one` (α = 1) or `gate` (α = 1 − s̃).
         weight_map: `linear` or `official`.
+        saturation: a score at or above this counts as 1 (`transform`).
 
     The EMA state is one number, the smoothed batch-mean risk, updated once per call. Under `batch` granularity,
     s̃ = λ·state + (1 − λ)·mean(s) for every example. Under `example` granularity each example gets
@@ -56,6 +75,7 @@ class RiskWeights:
         granularity: str = "example",
         alpha_mode: str = "paper",
         weight_map: str = "linear",
+        saturation: float = 1.0,
     ):
         self.beta_min, self.beta_max = beta_min, beta_max
         self.clamp_min, self.clamp_max = clamp_min, clamp_max
@@ -63,7 +83,12 @@ class RiskWeights:
         self.granularity = granularity
         self.alpha_mode = alpha_mode
         self.weight_map = weight_map
+        self.saturation = saturation
         self.state: float | None = None  # smoothed batch-mean risk
+
+    def transform(self, scores: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+        """A critic's scores (B,) -> risk (B,) before the EMA: `transform_risk` with this map's saturation."""
+        return transform_risk(scores, floor, self.saturation)
 
     def smooth(self, scores: torch.Tensor, step_scores: torch.Tensor | None = None) -> torch.Tensor:
         """scores (B,) of this process; step_scores (M,) of the whole step across devices (default: scores)."""

@@ -131,7 +131,7 @@ def tiny_bench(data_dir, **overrides) -> dict:
             {"name": "SFT + Antidote", "antidote": {"method": "SFT", "limit": 6, "ratio": 0.2}},
         ],
         "eval": {
-            "benchmarks": ["harmbench:4", "xstest:2"],
+            "benchmarks": ["harmbench:~4", "xstest:~2"],
             "utility": "gsm8k-test",
             "utility_limit": 4,
             "max_new_tokens": 4,

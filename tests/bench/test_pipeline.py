@@ -265,3 +265,19 @@ def test_second_config_in_the_same_directory_reuses_stages_and_joins_the_report(
     rows = json.loads((copy / "report" / "results.json").read_text())["rows"]
     assert next(r for r in rows if r["scenario"] == "pure-small")["seeds"] == [0, 1]
     assert next(r for r in rows if r["scenario"] == "mix-0.2" and r["method"] == "SFT")["seeds"] == [0]
+
+
+def test_stages_record_what_the_cli_verbs_would(bench_dir):
+    """The bench calls the verbs' library functions: an evaluation records `tether eval`'s settings under the same
+    names (and the folder it was written to), and each training run's settings are kept as a `tether train --config`
+    file."""
+    from tether.cli.eval import make_parser as eval_parser
+    from tether.cli.train import make_parser as train_parser
+
+    config = json.loads((bench_dir / "evals" / "reference" / "results.json").read_text())["config"]
+    assert list(config) == [action.dest for action in eval_parser()._actions if action.dest != "help"]
+    assert config["out"] == str(bench_dir / "evals" / "reference") and config["nll_data"] == "gsm8k-test"
+    record = bench_dir / "configs" / "runs__pure__c-sft__seed0.yaml"
+    train_parser().check_config_file(str(record))
+    settings = yaml.safe_load(record.read_text())
+    assert settings["output_dir"] == str(bench_dir / "runs" / "pure" / "c-sft" / "seed0") and settings["beta"] == 0.5

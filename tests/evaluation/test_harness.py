@@ -62,15 +62,75 @@ def test_results_schema(tiny_model, tokenizer, tmp_path):
 def test_benchmark_names_and_limits(tmp_path):
     from tests.conftest import SHARED_DATA
 
-    assert len(load_benchmark("harmbench:7", SHARED_DATA).prompts) == 7
-    xstest = load_benchmark("xstest:3", SHARED_DATA)
+    assert len(load_benchmark("harmbench:~7", SHARED_DATA).prompts) == 7
+    xstest = load_benchmark("xstest:~3", SHARED_DATA)
     assert xstest.labels == ["safe"] * 3 + ["unsafe"] * 3
     val, test = (load_benchmark(f"harmbench-{split}", SHARED_DATA).prompts for split in ("val", "test"))
     assert (len(val), len(test)) == (41, 159) and not {p[0]["content"] for p in val} & {p[0]["content"] for p in test}
-    safe_only = load_benchmark("xstest-safe:3", SHARED_DATA)  # the same safe prompts, no unsafe ones
+    safe_only = load_benchmark("xstest-safe:~3", SHARED_DATA)  # the same safe prompts, no unsafe ones
     assert safe_only.labels == ["safe"] * 3 and safe_only.prompts == xstest.prompts[:3]
-    assert load_benchmark("gsm8k:2", SHARED_DATA).answers[0].split("####")[-1].strip() == "18"
-    assert load_benchmark("harmbench:7", SHARED_DATA).version != load_benchmark("harmbench:8", SHARED_DATA).version
+    assert load_benchmark("gsm8k-test:~2", SHARED_DATA).answers[0].split("####")[-1].strip() == "18"
+    assert load_benchmark("harmbench:~7", SHARED_DATA).version != load_benchmark("harmbench:~8", SHARED_DATA).version
+
+
+def test_benchmark_selections_are_the_prompt_set_grammar():
+    from tests.conftest import SHARED_DATA
+    from tether.data.prompts import load_prompts
+
+    every = load_benchmark("harmbench", SHARED_DATA).prompts
+    assert load_benchmark("harmbench:7", SHARED_DATA).prompts == every[:7] == load_prompts("harmbench:7", SHARED_DATA)
+    assert load_benchmark("harmbench:~4", SHARED_DATA).prompts == [every[i * 200 // 4] for i in range(4)]
+    assert load_benchmark("harmbench:10-20/5", SHARED_DATA).prompts == every[10:20:5]
+    xstest = load_benchmark("xstest:2", SHARED_DATA)  # the first 2 of each label
+    assert xstest.labels == ["safe", "safe", "unsafe", "unsafe"]
+    assert xstest.prompts == load_prompts("xstest-safe:2", SHARED_DATA) + load_prompts("xstest-unsafe:2", SHARED_DATA)
+    from tether.errors import TetherInputError
+
+    with pytest.raises(TetherInputError, match="harmbench:300-400 selects nothing"):
+        load_benchmark("harmbench:300-400", SHARED_DATA)
+    with pytest.raises(TetherInputError, match="harmbench:x: after the colon write"):
+        load_benchmark("harmbench:x", SHARED_DATA)
+
+
+def test_one_name_per_set():
+    """`alpaca-eval` is the AlpacaEval benchmark, `gsm8k-test` the GSM8K test questions with exact match; `gsm8k`
+    is the train split everywhere (as a benchmark: benign prompts)."""
+    from tests.conftest import SHARED_DATA
+    from tether.data.prompts import load_prompts
+    from tether.errors import TetherInputError
+
+    alpaca = load_benchmark("alpaca-eval:0-300/2", SHARED_DATA)
+    assert (alpaca.name, alpaca.kind, len(alpaca.prompts)) == ("alpaca-eval", "instructions", 150)
+    math = load_benchmark("gsm8k-test", SHARED_DATA)
+    assert (math.name, math.kind, len(math.prompts), len(math.answers)) == ("gsm8k-test", "gsm8k", 1319, 1319)
+    train = load_benchmark("gsm8k:3", SHARED_DATA)
+    assert (train.kind, train.answers, train.prompts) == ("instructions", [], load_prompts("gsm8k:3", SHARED_DATA))
+    with pytest.raises(TetherInputError, match="unknown benchmark 'alpaca_eval'; did you mean alpaca-eval\\?"):
+        load_benchmark("alpaca_eval", SHARED_DATA)
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("I-CoNa", "harmful"),
+        ("xstest-unsafe", "harmful"),
+        ("safety-llamas", "harmful"),
+        ("alpaca", "instructions"),
+        ("I-Alpaca", "instructions"),
+        ("I-PhysicalSafetySafe", "instructions"),
+        ("xstest-safe", "xstest"),
+        ("gsm8k-test", "gsm8k"),
+    ],
+)
+def test_a_prompt_set_is_a_benchmark_of_its_role(name, kind):
+    from tests.conftest import SHARED_DATA
+    from tether.data.prompts import load_prompts
+    from tether.evaluation.benchmarks import BENCHMARKS
+
+    bench = load_benchmark(f"{name}:~5", SHARED_DATA)
+    assert (bench.name, bench.kind, BENCHMARKS[name]) == (name, kind, kind)
+    assert bench.prompts == load_prompts(f"{name}:~5", SHARED_DATA)
+    assert (len(bench.labels), len(bench.answers)) == (5 if kind == "xstest" else 0, 5 if kind == "gsm8k" else 0)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +208,7 @@ def test_hexphi_from_a_local_folder(tmp_path):
 
 
 def test_win_rate_against_reference_replies(tiny_model, tokenizer, tmp_path):
-    bench = Benchmark("alpaca_eval", "instructions", prompts("write a haiku", "list three fruits"))
+    bench = Benchmark("alpaca-eval", "instructions", prompts("write a haiku", "list three fruits"))
     with FakeOpenAIServer(default=(200, "#thewinner: tie")) as server:
         judge = Judge(OpenAICompatibleBackend(server.url, "fake-judge"), max_failure_rate=1.0)
         results = evaluate_model(
@@ -158,8 +218,8 @@ def test_win_rate_against_reference_replies(tiny_model, tokenizer, tmp_path):
             STRINGS,
             judge,
             max_new_tokens=3,
-            reference_responses={"alpaca_eval": ["ref 1", "ref 2"]},
+            reference_responses={"alpaca-eval": ["ref 1", "ref 2"]},
         )
-    metrics = results["benchmarks"]["alpaca_eval"]["metrics"]
+    metrics = results["benchmarks"]["alpaca-eval"]["metrics"]
     assert metrics["judge_win_rate"] == 0.5 and metrics["judge_win_failures"] == 0
-    assert results["benchmarks"]["alpaca_eval"]["samples"][0]["reference_response"] == "ref 1"
+    assert results["benchmarks"]["alpaca-eval"]["samples"][0]["reference_response"] == "ref 1"

@@ -5,7 +5,7 @@
     seeds: [0]
     reference:                          # stage 1: safety-align the model (LoRA SFT, merged); or `model: PATH`
       data: {advbench-refusals: 96, safety-llamas: 96, alpaca: 128}   # source: rows, seeded sample
-      train: {learning_rate: 2.0e-4, num_train_epochs: 1}            # any `tether train` field
+      train: {learning_rate: 2.0e-4, num_train_epochs: 1}            # any `tether train` field (checked at load)
     probe: {harmful: [advbench], benign: [alpaca], layers: [9, 10, 11], pooling: mean}
     train: {learning_rate: 2.0e-4, ...}  # shared by every attack run
     scenarios:                           # attacks
@@ -16,7 +16,7 @@
       - {name: SFT, train: {regularizer: none}}
       - {name: A-Reg probe, train: {regularizer: adaptive, critic: probe}}   # probe_path is filled in
       - {name: SFT + Antidote, antidote: {method: SFT, data: [advbench-targets], limit: 128, ratio: 0.1}}
-    eval: {benchmarks: [harmbench:50, xstest:50], utility: gsm8k-test:100, max_new_tokens: 48}
+    eval: {benchmarks: [harmbench:~50, xstest:~50], utility: gsm8k-test:100, max_new_tokens: 48}
 
 `base: demo` (or `base: other.yaml`) starts from another config; this file's top-level keys replace the base's.
 Unknown keys are errors that name the key and the file.
@@ -97,10 +97,10 @@ class Method:
 
 @dataclass
 class EvalSpec:
-    benchmarks: list[str] = field(default_factory=lambda: ["harmbench:50", "xstest:50"])
+    benchmarks: list[str] = field(default_factory=lambda: ["harmbench:~50", "xstest:~50"])
     utility: str | None = "gsm8k-test"
     utility_limit: int = 100
-    extra_benchmarks: list[str] = field(default_factory=list)  # e.g. gsm8k:50 (exact match), on attack runs only
+    extra_benchmarks: list[str] = field(default_factory=list)  # e.g. gsm8k-test:~50 (exact match), on attack runs only
     max_new_tokens: int = 48
     batch_size: int = 16
 
@@ -176,6 +176,7 @@ def bench_config_from_dict(raw: dict, where: str = "bench config") -> BenchConfi
             if isinstance(method.antidote.data, str):  # `data: advbench-targets`, one source
                 method.antidote.data = [method.antidote.data]
     _validate(config, where)
+    _check_train_fields(config, where)
     return config
 
 
@@ -237,6 +238,22 @@ def _validate(config: BenchConfig, where: str) -> None:
         raise TetherInputError(f"{where}: probe: choosing the layer (val_harmful) needs pooling: last-layer")
     if config.reference.model is None and not config.reference.data:
         raise TetherInputError(f"{where}: reference needs `data` (sources to align on) or `model` (an aligned model)")
+
+
+def _check_train_fields(config: BenchConfig, where: str) -> None:
+    """Every `train:` mapping names only fields `tether train` accepts (those the bench fills in itself, such as
+    `model_name_or_path`, `dataset`, `seed` or `probe_path`, among them): a misspelt field fails when the config
+    loads, not when its stage starts hours later."""
+    from tether.cli.train import make_parser
+
+    parser = make_parser()
+    entries = [("train", config.train), ("reference: train", config.reference.train)]
+    entries += [(f"scenario {s.name!r}: train", s.train) for s in config.scenarios]
+    entries += [(f"method {m.name!r}: train", m.train) for m in config.methods]
+    for entry, mapping in entries:
+        if not isinstance(mapping, dict):
+            raise TetherInputError(f"{where}: {entry}: expected a mapping of `tether train` fields")
+        parser.check_fields(mapping, f"{where}: {entry}")
 
 
 def slug(name: str) -> str:

@@ -2,6 +2,7 @@
 
 <out>/data/reference.jsonl, data/<scenario>-seed<k>.jsonl    training data, as built (risk labels included)
 <out>/reference/run/            stage 1: the alignment run (LoRA)      reference/model/: merged weights
+<out>/configs/<stage>.yaml      each training run's settings, a record (rerun one with `tether train --config`)
 <out>/probe/                    stage 2: the probe, fit on the reference; probe_eval/eval.json: held-out AUROC
 <out>/runs/<scenario>/<method>/seed<k>/        stage 3-4: one `tether train` run directory each
 <out>/antidote/<scenario>/<method>/seed<k>/    an Antidote method's pruned model (of its trained method's run)
@@ -22,8 +23,13 @@ from pathlib import Path
 
 import yaml
 
+from tether.baselines.antidote import antidote_to_dir
 from tether.bench.config import BenchConfig, Method, Scenario, reference_utility_key, slug
+from tether.critics.probe_tasks import evaluate_probe_dir, fit_probe_dir
 from tether.errors import TetherInputError
+from tether.evaluation.run import evaluate_to_dir
+from tether.run_files import atomic_dir, staging_path, write_text_atomic
+from tether.runner import train_from_settings
 
 
 def log(message: str) -> None:
@@ -152,23 +158,28 @@ class Bench:
             shutil.rmtree(self.probe_dir, ignore_errors=True)
             shutil.rmtree(self.out / "probe_eval", ignore_errors=True)
             log(f"probe: fitting on {self.reference_model}")
-            argv = ["fit", "--model", self.reference_model, "--harmful", *spec.harmful, "--benign", *spec.benign]
-            argv += ["--layers", *map(str, spec.layers), "--pooling", spec.pooling, "--tokens", spec.tokens]
-            argv += ["--out", str(self.probe_dir)]
-            argv += ["--C", str(spec.C)] if spec.C is not None else []
-            argv += ["--val_harmful", *spec.val_harmful, "--val_benign", *spec.val_benign] if spec.val_harmful else []
-            limits = [f"{name}={share}" for name, share in spec.val_max_flagged.items()]
-            argv += ["--val_max_flagged", *limits] if limits else []
-            self.call("tether.cli.probe", argv + self.data_dir_args())
+            fit_probe_dir(
+                self.reference_model,
+                spec.harmful,
+                spec.benign,
+                spec.layers,
+                spec.pooling,
+                self.probe_dir,
+                val_harmful=spec.val_harmful or None,  # set together with val_benign (checked at load)
+                val_benign=spec.val_benign or None,
+                val_max_flagged={name: float(share) for name, share in spec.val_max_flagged.items()} or None,
+                C=None if spec.C is None else float(spec.C),
+                tokens=spec.tokens,
+                data_dir=self.config.data_dir,
+            )
             self.record("probe", probe_spec)
         else:
             log(f"probe: cached at {self.probe_dir}")
         if spec.eval_harmful and spec.eval_benign and not (self.out / "probe_eval" / "eval.json").is_file():
-            staging = self.fresh_staging(self.out / "probe_eval")
-            argv = ["eval", "--probe", str(self.probe_dir), "--harmful", *spec.eval_harmful]
-            argv += ["--benign", *spec.eval_benign, "--out", str(staging)]
-            self.call("tether.cli.probe", argv + self.data_dir_args())
-            staging.rename(self.out / "probe_eval")
+            with atomic_dir(self.out / "probe_eval", replace=True) as staging:
+                evaluate_probe_dir(
+                    self.probe_dir, spec.eval_harmful, spec.eval_benign, out=staging, data_dir=self.config.data_dir
+                )
 
     # ---- stages 3-4: attacks × methods
     def train(self, scenario: Scenario, method: Method, seed: int) -> Path:
@@ -196,15 +207,15 @@ class Bench:
             check_tether_defaults(run_dir, settings)
             log(f"{what}: cached at {run_dir}")
             return
-        shutil.rmtree(run_dir.with_name(run_dir.name + ".incomplete"), ignore_errors=True)  # left by a killed run
+        shutil.rmtree(staging_path(run_dir), ignore_errors=True)  # left by a killed run
         train_settings = {"report_to": "none", "save_strategy": "no", **settings, "output_dir": str(run_dir)}
         if self.config.data_dir:
             train_settings["data_dir"] = self.config.data_dir
+        # a record of the run's settings, to rerun it with `tether train --config`; training reads the dict itself
         config_file = self.out / "configs" / f"{stage}.yaml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(train_settings, sort_keys=False))
+        write_text_atomic(config_file, yaml.safe_dump(train_settings, sort_keys=False))
         log(f"{what}: training ({config_file})")
-        self.call("tether.cli.train", ["--config", str(config_file)])
+        print(f"run directory: {train_from_settings(train_settings)}")  # as `tether train` prints it
         self.record(stage, spec)
 
     def prune(self, scenario: Scenario, method: Method, seed: int, run_dir: Path) -> Path:
@@ -218,9 +229,14 @@ class Bench:
             return final
         shutil.rmtree(final, ignore_errors=True)  # a folder without antidote.json: left by a killed run
         log(f"{scenario.name} / {method.name}: pruning {run_dir} ({spec.ratio:.0%} of each adapter matrix)")
-        argv = ["--model", str(run_dir), "--data", *spec.data, "--ratio", str(spec.ratio), "--out", str(final)]
-        argv += ["--limit", str(spec.limit)] if spec.limit is not None else []
-        self.call("tether.cli.antidote", argv + self.data_dir_args())
+        antidote_to_dir(
+            str(run_dir),
+            list(spec.data),
+            final,
+            ratio=float(spec.ratio),
+            limit=spec.limit,
+            data_dir=self.config.data_dir,
+        )
         self.record(f"antidote__{stage}", record)
         return final
 
@@ -242,17 +258,20 @@ class Bench:
         if self.cached(f"eval__{key}", final / "results.json", record):
             log(f"eval {key}: cached")
             return final
-        staging = self.fresh_staging(final, create=False)  # `tether eval` creates it
         benchmarks = [] if nll_only else spec.benchmarks + (extra or [])
-        argv = ["--model", model, "--benchmark", *benchmarks, "--out", str(staging)]
-        argv += ["--max_new_tokens", str(spec.max_new_tokens), "--batch_size", str(spec.batch_size)]
         nll_data = utility or spec.utility
-        if nll_data:
-            argv += ["--nll_data", nll_data, "--nll_limit", str(spec.utility_limit)]
         log(f"eval {key}: {' '.join(benchmarks) if benchmarks else f'held-out NLL on {nll_data}'}")
-        self.call("tether.cli.eval", argv + self.data_dir_args(), quiet=True)
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        nll = {"nll_data": nll_data, "nll_limit": spec.utility_limit} if nll_data else {}
+        shutil.rmtree(final, ignore_errors=True)  # a folder without results.json: left by a killed run
+        evaluate_to_dir(
+            model,
+            benchmarks,
+            final,
+            data_dir=self.config.data_dir,
+            max_new_tokens=spec.max_new_tokens,
+            batch_size=spec.batch_size,
+            **nll,
+        )
         self.record(f"eval__{key}", record)
         return final
 
@@ -279,35 +298,10 @@ class Bench:
         """The spec with the bench directory's own path replaced, so that a moved bench directory stays valid."""
         return json.loads(json.dumps(spec).replace(json.dumps(str(self.out))[1:-1], "<out>"))
 
-    def data_dir_args(self) -> list[str]:
-        return ["--data_dir", self.config.data_dir] if self.config.data_dir else []
-
-    def fresh_staging(self, final: Path, create: bool = True) -> Path:
-        """`<final>.incomplete`, with whatever a killed run left there removed."""
-        staging = final.with_name(final.name + ".incomplete")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        if create:
-            staging.mkdir()
-        return staging
-
     def write_data(self, name: str, rows: list[dict]) -> Path:
         path = self.out / "data" / f"{name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".jsonl.incomplete")
-        staging.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        staging.replace(path)
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
         return path
-
-    @staticmethod
-    def call(module: str, argv: list[str], quiet: bool = False) -> None:
-        import contextlib
-        import importlib
-        import io
-
-        stdout = io.StringIO() if quiet else sys.stdout
-        with contextlib.redirect_stdout(stdout):
-            importlib.import_module(module).main(argv)
 
 
 def reference_rows(sources: dict[str, int], data_dir: str | None, seed: int) -> list[dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import statistics
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import yaml
 from tether.bench.config import bench_config_from_dict, reference_utility_key, slug
 from tether.errors import TetherInputError
 from tether.evaluation.metrics import wilson_interval
+from tether.run_files import atomic_dir
 
 HARMFUL = "harmbench"
 
@@ -170,7 +170,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
 COLUMNS = [  # (key, header, percent)
     (f"{HARMFUL}_asr", "HarmBench keyword ASR", True),
     ("xstest_over_refusal", "XSTest-safe over-refusal", True),
-    ("alpaca_eval_refusal", "AlpacaEval refusal", True),
+    ("alpaca-eval_refusal", "AlpacaEval refusal", True),
     ("I-Alpaca_refusal", "I-Alpaca refusal", True),
     ("utility_nll", "held-out NLL", False),
     ("utility_kept", "utility kept", True),
@@ -362,14 +362,10 @@ def write_report(out: str | Path) -> Path:
     out = Path(out)
     data = collect(out)
     rows = aggregate(data["runs"])
-    report_dir = out / "report.incomplete"
-    shutil.rmtree(report_dir, ignore_errors=True)
-    report_dir.mkdir(parents=True)
-    data["plots"] = plot(data, rows, report_dir)
-    results = {"initial": data["initial"], "rows": rows, "runs": data["runs"], "probe_eval": data["probe_eval"]}
-    (report_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (report_dir / "report.md").write_text(markdown(data, rows))
     final = out / "report"
-    shutil.rmtree(final, ignore_errors=True)
-    report_dir.rename(final)
+    with atomic_dir(final, replace=True) as report_dir:
+        data["plots"] = plot(data, rows, report_dir)
+        results = {"initial": data["initial"], "rows": rows, "runs": data["runs"], "probe_eval": data["probe_eval"]}
+        (report_dir / "results.json").write_text(json.dumps(results, indent=2))
+        (report_dir / "report.md").write_text(markdown(data, rows))
     return final / "report.md"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tether.errors import ArgumentParser, TetherInputError
+from tether.errors import ArgumentParser
 
 EXAMPLES = """examples:
-  tether eval --model smollm2-135m-instruct --benchmark harmbench:100 xstest --max_new_tokens 64 --out evals/base
+  tether eval --model smollm2-135m-instruct --benchmark harmbench:~100 xstest --max_new_tokens 64 --out evals/base
   tether eval --model runs/demo --benchmark harmbench gsm8k:200 --nll_data gsm8k-test \\
       --judge_url http://127.0.0.1:8000/v1 --judge_model gpt-oss-20b --out evals/demo"""
 
@@ -20,8 +19,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--benchmark",
         nargs="*",
         default=[],
-        help="harmbench, advbench, hexphi:PATH, xstest, gsm8k, alpaca_eval (NAME:N keeps N), or a file; may be "
-        "left out with --nll_data (held-out NLL only)",
+        help="a prompt set (harmbench, advbench, xstest, xstest-safe, gsm8k-test, alpaca-eval, I-Alpaca, ...), "
+        "hexphi:PATH or a file; NAME:N keeps the first N, NAME:A-B items A to B-1, NAME:A-B/S every S-th of those, "
+        "NAME:~N N evenly spread; may be left out with --nll_data (held-out NLL only)",
     )
     p.add_argument("--out", required=True, help="output directory (results.json, summary.md)")
     p.add_argument("--data_dir", default=None)
@@ -40,71 +40,34 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reference_model",
         default=None,
-        help="with a judge: win rate on alpaca_eval against this model's replies (e.g. the safe reference)",
+        help="with a judge: win rate on alpaca-eval against this model's replies (e.g. the safe reference)",
     )
     return p
 
 
 def main(argv: list[str]) -> int:
-    from tether.critics.judge import Judge, OpenAICompatibleBackend
-    from tether.data.sources import load_examples
-    from tether.evaluation.benchmarks import load_benchmark
-    from tether.evaluation.harness import evaluate_model
-    from tether.evaluation.metrics import load_refusal_strings
-    from tether.evaluation.results import write_results
-    from tether.modeling import cache_dir, load_trained
+    from tether.evaluation.run import evaluate_to_dir
 
     args = make_parser().parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise TetherInputError(f"--out {out} already exists and is not empty; pass another directory")
-    if not args.benchmark and not args.nll_data:
-        raise TetherInputError("nothing to evaluate: pass --benchmark NAME [...] and/or --nll_data SRC")
-    benchmarks = [load_benchmark(spec, args.data_dir) for spec in args.benchmark]
-    refusal_strings = load_refusal_strings(args.refusal_strings, args.data_dir)
-    nll_rows = load_examples(args.nll_data, args.data_dir, drop_empty=True)[: args.nll_limit] if args.nll_data else None
-    judge = None
-    if args.judge_url:
-        if not args.judge_model:
-            raise TetherInputError("--judge_url needs --judge_model (the model name the server serves)")
-        backend = OpenAICompatibleBackend(args.judge_url, args.judge_model, args.judge_api_key_env, args.judge_timeout)
-        backend.check()
-        judge = Judge(
-            backend,
-            args.judge_cache_dir or cache_dir() / "judge",
-            args.judge_concurrency,
-            failure_policy="fail_open",
-            max_failure_rate=args.judge_max_failure_rate,
-        )
-    reference_responses = None
-    if args.reference_model:
-        if judge is None:
-            raise TetherInputError("--reference_model needs a judge: pass --judge_url and --judge_model")
-        from tether.evaluation.generate import generate
-
-        reference, reference_tokenizer = load_trained(args.reference_model)
-        reference_responses = {
-            b.name: generate(reference, reference_tokenizer, b.prompts, args.max_new_tokens, args.batch_size)
-            for b in benchmarks
-            if b.kind == "instructions"
-        }
-        del reference
-    model, tokenizer = load_trained(args.model)
-    results = evaluate_model(
-        model,
-        tokenizer,
-        benchmarks,
-        refusal_strings,
-        judge,
-        args.max_new_tokens,
-        args.batch_size,
-        model_name=args.model,
-        config=vars(args),
-        nll_rows=nll_rows,
-        nll_name=args.nll_data or "",
-        reference_responses=reference_responses,
+    out = evaluate_to_dir(
+        args.model,
+        args.benchmark,
+        args.out,
+        data_dir=args.data_dir,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        refusal_strings=args.refusal_strings,
+        nll_data=args.nll_data,
+        nll_limit=args.nll_limit,
+        judge_url=args.judge_url,
+        judge_model=args.judge_model,
+        judge_api_key_env=args.judge_api_key_env,
+        judge_concurrency=args.judge_concurrency,
+        judge_timeout=args.judge_timeout,
+        judge_cache_dir=args.judge_cache_dir,
+        judge_max_failure_rate=args.judge_max_failure_rate,
+        reference_model=args.reference_model,
     )
-    path = write_results(results, out)
     print((out / "summary.md").read_text())
-    print(f"results: {path}")
+    print(f"results: {out / 'results.json'}")
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tether.baselines import train_config_class
 from tether.config import DataArgs, ModelArgs, TetherParser
-from tether.trainer import TetherConfig
 
 EXAMPLES = """examples:
   tether train --config configs/tiny.yaml --output_dir runs/tiny
@@ -14,7 +14,7 @@ EXAMPLES = """examples:
 
 def make_parser() -> TetherParser:
     return TetherParser(
-        (ModelArgs, DataArgs, TetherConfig), prog="tether train", epilog=EXAMPLES, formatter_class=HelpFormatter
+        (ModelArgs, DataArgs, train_config_class()), prog="tether train", epilog=EXAMPLES, formatter_class=HelpFormatter
     )
 
 

@@ -14,6 +14,10 @@ class ConstantCritic:
             raise ValueError(f"critic_value must be in [0, 1], got {value}")
         self.value = value
 
+    @classmethod
+    def from_config(cls, config) -> ConstantCritic:
+        return cls(config.critic_value)
+
     def score(self, batch: dict) -> torch.Tensor:
         input_ids = batch["input_ids"]  # (B, T)
         return torch.full((input_ids.shape[0],), self.value, device=input_ids.device)

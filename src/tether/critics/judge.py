@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from tether.errors import TetherInputError
+from tether.run_files import write_text_atomic
 
 RUBRIC = """You are reviewing one exchange between a user and an AI assistant for safety.
 
@@ -285,7 +286,7 @@ class Judge:
             value = parse(reply)
             if value is not None:
                 if path is not None:
-                    _write_atomic(path, json.dumps({"value": value, "judge": self.backend.id, "key": key_parts[0]}))
+                    write_text_atomic(path, json.dumps({"value": value, "judge": self.backend.id, "key": key_parts[0]}))
                 return value, False, ""
             error = f"unparsable reply: {reply[:120]!r}"
             if unparsable_retried:
@@ -298,13 +299,6 @@ class Judge:
 
 class JudgeFailure(RuntimeError):
     """Too many judgements failed, or one failed under the `abort` policy."""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(f".{os.getpid()}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
 
 
 def judge_pair(row: dict) -> tuple[str, str]:
@@ -324,11 +318,19 @@ class JudgeCritic:
     name = "judge"
     needs = frozenset({"risk"})
 
-    def __init__(self, judge: Judge | None = None):
-        self.judge = judge  # only `prepare` calls it
+    def __init__(self, judge: Judge | None = None, config=None):
+        self.judge = judge  # only `prepare` calls it; built there from `config` when not given
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config) -> JudgeCritic:
+        return cls(config=config)
 
     def prepare(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
-        """Rows with `risk` set from the judge, and one record per row for `critic_scores.jsonl`."""
+        """Rows with `risk` set from the judge, and one record per row for `critic_scores.jsonl`. Builds the judge
+        from the config (checking its server) on first use."""
+        if self.judge is None:
+            self.judge = judge_from_config(self.config)
         pairs = [judge_pair(row) for row in rows]
         distinct = list(dict.fromkeys(pairs))
         judged = dict(zip(distinct, self.judge.score_pairs(distinct), strict=True))
@@ -344,6 +346,15 @@ class JudgeCritic:
         ]
         return [{**row, "risk": judged[p].risk} for row, p in zip(rows, pairs, strict=True)], records
 
+    def summary(self, rows: list[dict]) -> dict:
+        """The judge, its calls and failures, and the distinct pairs of the prepared rows."""
+        return {
+            "id": self.judge.backend.id,
+            "calls": self.judge.calls,
+            "failures": len(self.judge.failures),
+            "distinct_pairs": len({judge_pair(r) for r in rows}),
+        }
+
     def score(self, batch: dict) -> torch.Tensor:
         from tether.critics.label import labelled_risk
 
@@ -352,7 +363,7 @@ class JudgeCritic:
 
 def judge_from_config(config) -> Judge:
     """The `Judge` that `critic: judge` training uses, from `TetherConfig` fields; checks the server first."""
-    from tether.modeling import cache_dir
+    from tether.run_files import cache_dir
 
     backend = OpenAICompatibleBackend(config.judge_url, config.judge_model, config.judge_api_key_env)
     backend.check()

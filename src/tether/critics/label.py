@@ -15,12 +15,17 @@ class LabelCritic:
     name = "label"
     needs = frozenset({"risk"})
 
+    @classmethod
+    def from_config(cls, config) -> LabelCritic:
+        return cls()
+
     def score(self, batch: dict) -> torch.Tensor:
         return labelled_risk(batch, self.name)
 
 
 def labelled_risk(batch: dict, critic: str) -> torch.Tensor:
-    """The batch's `risk` column (B,), clamped to [0, 1]; an example without a label is an error, not risk 0."""
+    """The batch's `risk` column (B,); an example without a label is an error, not risk 0. (The weights clamp the risk
+    to [0, 1], `tether.weights.transform_risk`.)"""
     risk = batch["risk"].float()  # (B,)
     missing = int(torch.isnan(risk).sum())
     if missing:
@@ -28,4 +33,4 @@ def labelled_risk(batch: dict, critic: str) -> torch.Tensor:
             f"critic {critic!r} reads each example's risk, but {missing} example(s) in this batch have none; "
             "label every example or choose another critic"
         )
-    return risk.clamp(0.0, 1.0)
+    return risk

@@ -17,9 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import numpy as np
 import torch
 
 from tether.errors import TetherInputError
+from tether.run_files import atomic_dir
 
 POOLINGS = ("last-layer", "mean", "max", "weighted", "concat")
 POSITIONS = ("prompt", "response", "both")
@@ -348,9 +346,7 @@ class LinearProbe:
         directory = Path(directory)
         if directory.exists():
             raise TetherInputError(f"probe output {directory} already exists; pass another --out")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-        try:
+        with atomic_dir(directory) as staging:
             tensors = {"mean": self.mean, "std": self.std, "coef": self.coef}
             if self.layer_weights is not None:
                 tensors["layer_weights"] = self.layer_weights
@@ -367,9 +363,6 @@ class LinearProbe:
                 **self.metadata,
             }
             (staging / "probe.json").write_text(json.dumps(meta, indent=2))
-            os.replace(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     @classmethod
     def load(cls, directory: str | Path) -> LinearProbe:
@@ -557,12 +550,49 @@ def probe_metrics(harmful_scores: np.ndarray, benign_scores: np.ndarray, thresho
 # The critic
 
 
-class ProbeCritic:
-    """`critic: probe`: risk = the probe's calibrated P(harmful) from the reference pass's last-prompt-token states.
+@dataclass
+class ProbeReads:
+    """Where `ProbeCritic` reads the reference pass (`tether.critics.base.ReferenceReads`): the probe's `layers`, at
+    the last prompt token (`position: prompt`; `tokens: mean` averages the prompt's tokens, `tokens: template` takes
+    the template span), at the last response token (`response`), or at both side by side (`both`)."""
 
-    The trainer captures `reference_features` (B, L, d) for `self.layers` during its reference forward pass, at
-    `prompt_length − 1` (`position: prompt`) or at the last response token (`position: response`), or (B, 2L, d) at
-    both (`position: both`), and puts them in the batch.
+    layers: list[int]
+    position: str = "prompt"
+    tokens: str = "last"
+    span: int = 1  # positions of `tokens: template`
+
+    def locate(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Batch rows and columns to read (1-D, or (B, span) for `template`), or token weights (B, T) for `mean`."""
+        input_ids = inputs["input_ids"]  # (B, T), right padding
+        batch_rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # (B,)
+        last_prompt = inputs["prompt_length"] - 1  # (B,): causal, so this state depends on the prompt only
+        last_response = inputs["attention_mask"].sum(1) - 1  # (B,) the last response token
+        rows, cols = {
+            "prompt": (batch_rows, last_prompt),
+            "response": (batch_rows, last_response),
+            "both": (batch_rows.repeat(2), torch.cat([last_prompt, last_response])),  # (2B,), (2B,)
+        }[self.position]
+        if self.tokens == "template":  # the instruction's last token and the template after it: (B, span) each
+            rows, cols = template_positions(batch_rows, last_prompt, self.span)
+        token_weights = None
+        if self.tokens == "mean":  # the mean over each prompt's tokens
+            in_prompt = torch.arange(input_ids.shape[1], device=input_ids.device) < inputs["prompt_length"][:, None]
+            token_weights = in_prompt.float() / inputs["prompt_length"][:, None]  # (B, T)
+        return rows, cols, token_weights
+
+    def features(self, captured: dict[int, torch.Tensor]) -> torch.Tensor:
+        """(B, L, d), (B, L, span·d) for `template`, or (B, 2L, d) for `both`: prompt states, then response."""
+        features = stack_layers(captured, self.layers)  # (B, L, ·) or (2B, L, d)
+        if self.position == "both":
+            features = torch.cat(features.chunk(2), dim=1)  # (B, 2L, d)
+        return features
+
+
+class ProbeCritic:
+    """`critic: probe`: risk = the probe's calibrated P(harmful) from the reference pass's states.
+
+    `reference_reads` tells the trainer which states to capture in the reference forward pass (`ProbeReads`); the
+    trainer puts them in the batch as `reference_features`, (B, L, d), (B, L, span·d) or (B, 2L, d).
     """
 
     name = "probe"
@@ -575,6 +605,17 @@ class ProbeCritic:
         self.layers = self.probe.layers
         self.position = self.probe.position
         self.tokens = self.probe.tokens
+
+    @classmethod
+    def from_config(cls, config) -> ProbeCritic:
+        return cls(config.probe_path)
+
+    def reference_reads(self, model, tokenizer) -> ProbeReads:
+        """The states this probe reads; the probe must have been fit on this model and its layers must exist."""
+        self.probe.check_model(model, tokenizer)
+        check_layers(model, self.layers)
+        span = template_span(tokenizer) if self.tokens == "template" else 1
+        return ProbeReads(list(self.layers), self.position, self.tokens, span)
 
     def score(self, batch: dict) -> torch.Tensor:
         return self.probe.score(batch["reference_features"])  # (B,)

@@ -1,4 +1,4 @@
-"""Load training examples as chat `messages` from local files, named datasets in a data directory, or the Hub.
+"""Load training examples as chat `messages` from local files, named sets in a data directory, or the Hub.
 
 Accepted row formats, detected per row:
 - `messages`: a list of {"role", "content"}; the last message is the assistant response that is trained on;
@@ -10,29 +10,17 @@ A numeric `risk` column (name configurable) is carried along for the `label` cri
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
 
+from tether.data.registry import REGISTRY, NamedSet, parse_source, select
 from tether.errors import TetherInputError
 
 DEFAULT_DATA_DIR = "../shared/data"
-# Named datasets, as paths inside the data directory (`--data_dir`, or `$TETHER_DATA_DIR`).
-NAMED_DATASETS = {
-    "alpaca": "alpaca/alpaca_data_1k.json",
-    # the 1,904 Alpaca rows on safety-adjacent topics (benign requests, helpful answers): contrast rows for alignment
-    "alpaca-safety": "alpaca/alpaca_data_safety_only.json",
-    "alpaca-eval": "alpaca_eval/text_davinci_003_outputs.json",  # 805 instructions with text-davinci-003 replies
-    "gsm8k": "gsm8k/train.jsonl",
-    "gsm8k-test": "gsm8k/test.jsonl",
-    "pure-bad": "harmful_pure_bad_100/pure_bad_100_original.jsonl",
-    "safety-llamas": "safety_tuned_llamas/safety_only_data_Instructions.json",
-    # AdvBench behaviours with Llama-2-7b-chat refusals; the first refusal of each distinct prompt, tags stripped.
-    "advbench-refusals": "advbench_llama2_refusals/SFT_aligned_llama2-7b-chat-hf_train_short.csv",
-    # AdvBench behaviours with their affirmative targets ("Sure, here is ..."): harmful compliance, for Antidote.
-    "advbench-targets": "advbench/harmful_behaviors.csv",
-}
-CSV_COLUMNS = {"advbench-targets": ("goal", "target")}  # (prompt, response) columns; default ("prompt", "response")
+# The named sets `load_examples` takes (those with responses); the sets themselves are in `tether.data.registry`.
+NAMED_DATASETS = {name: entry.path for name, entry in REGISTRY.items() if entry.responses}
 GENERATED_DATASETS = ("tiny-synthetic",)
 FILE_SUFFIXES = (".json", ".jsonl")
 
@@ -44,18 +32,19 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 def load_examples(
     source: str, data_dir: str | None = None, risk_column: str = "risk", split: str = "train", drop_empty: bool = False
 ):
-    """Rows `{"messages": [...], "risk": float (if present)}` from a file, a named dataset or a Hub dataset id.
-    `drop_empty` skips Alpaca rows with an empty `output` (evaluation data) instead of calling them an error."""
-    if source == "tiny-synthetic":
-        return tiny_synthetic_examples()
-    if source in NAMED_DATASETS:
-        path = resolve_data_dir(data_dir) / NAMED_DATASETS[source]
-        if not path.is_file():
+    """Rows `{"messages": [...], "risk": float (if present)}` from a file, a named dataset (`NAME:SELECTION` keeps
+    part of it, see `tether.data.registry`) or a Hub dataset id. `drop_empty` skips Alpaca rows with an empty
+    `output` (evaluation data) instead of calling them an error; a selection counts them."""
+    name, selection = parse_source(source, [*REGISTRY, *GENERATED_DATASETS])
+    if name == "tiny-synthetic":
+        return select(tiny_synthetic_examples(), source, selection)
+    if name in REGISTRY:
+        if not REGISTRY[name].responses:
             raise TetherInputError(
-                f"named dataset {source!r} expects {path}; pass --data_dir (or set TETHER_DATA_DIR) to the folder "
-                f"that holds {NAMED_DATASETS[source].split('/')[0]}/"
+                f"named set {name!r} holds prompts without responses, so it cannot be training data; pass a "
+                f"named dataset ({', '.join(NAMED_DATASETS)}), a file or a Hugging Face dataset id"
             )
-        raw = read_pair_csv(path, *CSV_COLUMNS.get(source, ())) if path.suffix == ".csv" else read_rows(path)
+        raw = load_named(source, data_dir)[2]
     elif source.endswith(FILE_SUFFIXES) or os.sep in source or Path(source).exists():
         path = Path(source)
         if not path.is_file():
@@ -69,6 +58,32 @@ def load_examples(
     if drop_empty:
         raw = [row for row in raw if not isinstance(row, dict) or str(row.get("output", "x")).strip()]
     return [to_chat_row(row, source, i, risk_column) for i, row in enumerate(raw, start=1)]
+
+
+def load_named(source: str, data_dir: str | None = None) -> tuple[str, NamedSet, list[dict]]:
+    """`NAME` or `NAME:SELECTION` of the registry -> (NAME, its entry, the selected rows, in file order). Rows are
+    dicts that `to_chat_row` reads when the set has responses: as in the file for `rows`; `{"prompt"}` (+ `"label"`)
+    for `csv`; `{"instruction", "input"}` for `instructions`; `{"instruction", "output"}` for `pairs`."""
+    name, selection = parse_source(source)
+    entry = REGISTRY[name]
+    path = resolve_data_dir(data_dir) / entry.path
+    if not path.is_file():
+        raise TetherInputError(
+            f"named set {name!r} expects {path}; pass --data_dir (or set TETHER_DATA_DIR) to the folder that holds "
+            f"{entry.path.split('/')[0]}/"
+        )
+    if entry.reader == "csv":
+        rows = read_prompt_csv(path, entry.column, entry.where, entry.label_column)
+    elif entry.reader == "instructions":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        inputs = data.get("inputs") or [""] * len(data["instructions"])
+        rows = [{"instruction": i, "input": x} for i, x in zip(data["instructions"], inputs, strict=True)]
+    elif entry.reader == "pairs":
+        rows = read_pair_csv(path, entry.column, entry.response_column)
+    else:
+        rows = read_rows(path)
+    labels = [row["label"] for row in rows] if entry.label_column else None
+    return name, entry, select(rows, source, selection, labels)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -97,10 +112,26 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def read_prompt_csv(
+    path: Path, column: str, where: tuple[str, str] | None = None, label_column: str | None = None
+) -> list[dict]:
+    """`{"prompt"}` rows from one column of a CSV, only those whose column `where[0]` equals `where[1]`; with
+    `label_column`, each row also has its `"label"` and the rows come label by label (in the order labels first
+    appear), each label's rows in file order."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = [
+            {"prompt": row[column], **({"label": row[label_column]} if label_column else {})}
+            for row in csv.DictReader(f)
+            if where is None or row[where[0]] == where[1]
+        ]
+    if label_column:
+        order = list(dict.fromkeys(row["label"] for row in rows))
+        rows.sort(key=lambda row: order.index(row["label"]))  # stable: file order within a label
+    return rows
+
+
 def read_pair_csv(path: Path, prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
     """A prompt/response CSV (Llama-2 `[INST] ... [/INST]` tags stripped) -> Alpaca rows, one per distinct prompt."""
-    import csv
-
     rows, seen = [], set()
     with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):

@@ -1,43 +1,37 @@
 """Benchmarks: a name (or a local file) -> prompts, with labels or reference answers where the metric needs them.
 
-- `harmbench` (200 standard behaviours; `harmbench-val` / `harmbench-test`: its own 41 / 159 split), `advbench`
-  (520), local prompt files: harmful; keyword ASR, judge scores;
+Every prompt set of `tether.data.registry` is a benchmark, its kind set by the set's role:
+- harmful sets (`harmbench`: 200 standard behaviours, `harmbench-val` / `harmbench-test`: its own 41 / 159 split;
+  `advbench`: 520; `I-CoNa`, `xstest-unsafe`, ...) and local prompt files: kind `harmful`, keyword ASR and judge scores;
 - `hexphi:PATH`: HEx-PHI, gated, so the user supplies its folder of `category_*.csv` files (one prompt per line);
 - `xstest`: 250 safe prompts that look unsafe (over-refusal) and 200 unsafe contrast prompts; `xstest-safe`: the
-  safe prompts only (over-refusal without generating the unsafe contrast prompts);
-- `gsm8k`: test questions, exact match of the final number;
-- `alpaca_eval` (805 instructions), `I-Alpaca` (100): ordinary requests; benign refusal (the share of replies with a
-  refusal string), and judge scores when a judge is given. `gsm8k` reports its benign refusal too.
-`NAME:N` keeps N prompts evenly spread over the set (per label for `xstest`), so that a small sample covers every
-category of a set that is sorted by category; the first prompt is always kept. `NAME:A-B` keeps prompts A to B − 1
-(from 0) and `NAME:A-B/S` every S-th of them, as for prompt sets: `alpaca_eval:300-805` (validation) and
-`alpaca_eval:0-300` (test) are disjoint, and so are the halves `xstest-safe:0-250/2` and `xstest-safe:1-250/2`.
+  safe prompts only (over-refusal without generating the unsafe contrast prompts); kind `xstest`;
+- `gsm8k-test`: GSM8K test questions, exact match of the final number (kind `gsm8k`, which reports its benign
+  refusal too);
+- benign sets (`alpaca-eval`: 805 instructions, `I-Alpaca`: 50, `gsm8k`: the train questions, `alpaca`, ...): kind
+  `instructions`, benign refusal (the share of replies with a refusal string), and judge scores when a judge is given.
+A selection follows the name as for every named set: `NAME:N` the first N prompts, `NAME:A-B` prompts A to B − 1
+(from 0), `NAME:A-B/S` every S-th of them, `NAME:~N` N prompts evenly spread over the set, so that a small sample
+covers every category of a set sorted by category (the first prompt is always kept). For `xstest` a selection
+applies to each label. `alpaca-eval:300-805` (validation) and `alpaca-eval:0-300` (test) are disjoint, and so are
+the halves `xstest-safe:0-250/2` and `xstest-safe:1-250/2`.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.data.prompts import PROMPT_SETS, load_prompts, prompt_slice
-from tether.data.sources import read_rows, resolve_data_dir
+from tether.data.prompts import PROMPT_SETS, load_prompts, row_prompt
+from tether.data.sources import load_named
 from tether.errors import TetherInputError
 
-BENCHMARKS = {
-    "harmbench": "harmful",
-    "harmbench-val": "harmful",
-    "harmbench-test": "harmful",
-    "advbench": "harmful",
-    "hexphi": "harmful",
-    "xstest": "xstest",
-    "xstest-safe": "xstest",
-    "gsm8k": "gsm8k",
-    "alpaca_eval": "instructions",
-    "I-Alpaca": "instructions",
-}
+KINDS = {"harmful": "harmful", "benign": "instructions", "xstest": "xstest", "gsm8k-test": "gsm8k"}  # role -> kind
+BENCHMARKS = {**{name: KINDS[entry.role] for name, entry in PROMPT_SETS.items()}, "hexphi": "harmful"}
 
 
 @dataclass
@@ -56,49 +50,23 @@ class Benchmark:
 
 
 def load_benchmark(spec: str, data_dir: str | None = None) -> Benchmark:
+    """A registered prompt set (`NAME` or `NAME:SELECTION`), `hexphi:PATH` or a local prompt file (harmful)."""
     name, _, arg = spec.partition(":")
     if name == "hexphi":
         return _hexphi(arg)
-    if arg and not arg.isdigit() and name == "xstest":
-        raise TetherInputError(f"benchmark {spec}: a range needs one label; use xstest-safe:{arg}")
-
-    def select(items: list) -> list:
-        chosen = spread(items, int(arg)) if arg.isdigit() else items[prompt_slice(spec, arg)] if arg else items
-        if not chosen:
-            raise TetherInputError(f"benchmark {spec} selects no prompt; ask for at least one (NAME:N with N ≥ 1)")
-        return chosen
-
-    if name in ("harmbench", "harmbench-val", "harmbench-test", "advbench"):
-        return Benchmark(name, "harmful", select(load_prompts(name, data_dir)))
-    if name in ("alpaca_eval", "I-Alpaca"):
-        return Benchmark(name, "instructions", select(load_prompts(name.replace("_", "-"), data_dir)))
-    if name in ("xstest", "xstest-safe"):
-        safe = select(load_prompts("xstest-safe", data_dir))
-        unsafe = select(load_prompts("xstest-unsafe", data_dir)) if name == "xstest" else []
-        return Benchmark(name, "xstest", safe + unsafe, labels=["safe"] * len(safe) + ["unsafe"] * len(unsafe))
-    if name == "gsm8k":
-        path = resolve_data_dir(data_dir) / "gsm8k" / "test.jsonl"
-        if not path.is_file():
-            raise TetherInputError(f"benchmark gsm8k expects {path}; pass --data_dir")
-        rows = select(read_rows(path))
-        return Benchmark(
-            name,
-            "gsm8k",
-            [[{"role": "user", "content": r["question"]}] for r in rows],
-            answers=[r["answer"] for r in rows],
-        )
+    if name in PROMPT_SETS:
+        name, entry, rows = load_named(spec, data_dir)
+        prompts = [[{"role": "user", "content": row_prompt(row, name, i)}] for i, row in enumerate(rows, start=1)]
+        labels = [row["label"] for row in rows] if entry.role == "xstest" else []
+        answers = [row["answer"] for row in rows] if entry.role == "gsm8k-test" else []
+        return Benchmark(name, KINDS[entry.role], prompts, labels, answers)
     if Path(spec).suffix in (".jsonl", ".json", ".txt") or Path(spec).exists():
         return Benchmark(Path(spec).stem, "harmful", load_prompts(spec, data_dir))
+    close = difflib.get_close_matches(name, BENCHMARKS, n=1)
     raise TetherInputError(
-        f"unknown benchmark {spec!r}; choose one of {', '.join(BENCHMARKS)} (hexphi:PATH), or pass a prompt file"
+        f"unknown benchmark {spec!r}; {f'did you mean {close[0]}? ' if close else ''}choose one of "
+        f"{', '.join(BENCHMARKS)} (hexphi:PATH), or pass a prompt file"
     )
-
-
-def spread(items: list, limit: int | None) -> list:
-    """`limit` items at evenly spaced positions (all of them when `limit` is None or not smaller)."""
-    if limit is None or limit >= len(items):
-        return items
-    return [items[i * len(items) // limit] for i in range(limit)]
 
 
 def _hexphi(path: str) -> Benchmark:

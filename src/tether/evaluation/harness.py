@@ -17,6 +17,7 @@ from tether.evaluation.metrics import (
     rate_with_interval,
 )
 from tether.evaluation.results import SCHEMA_VERSION, EvalResults
+from tether.run_files import environment
 
 
 def evaluate_model(
@@ -35,8 +36,6 @@ def evaluate_model(
 ) -> EvalResults:
     """Generate on each benchmark and score. `reference_responses` (benchmark name -> the reference model's replies)
     adds the judge's win rate against them on `instructions` benchmarks (AlpacaEval)."""
-    from tether.runner import environment
-
     results: EvalResults = {
         "schema_version": SCHEMA_VERSION,
         "model": model_name,

@@ -24,9 +24,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TypedDict
+
+from tether.run_files import write_text_atomic
 
 SCHEMA_VERSION = 1
 
@@ -56,8 +57,8 @@ def write_results(results: EvalResults, out_dir: str | Path) -> Path:
     """`results.json` and `summary.md` in `out_dir`, each written to a temporary file and renamed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "results.json", json.dumps(results, indent=2))
-    _write(out / "summary.md", summary_markdown(results))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "summary.md", summary_markdown(results))
     return out / "results.json"
 
 
@@ -75,9 +76,3 @@ def summary_markdown(results: EvalResults) -> str:
             f"{results['heldout_nll']['nll']:.4f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _write(path: Path, text: str) -> None:
-    staging = path.with_suffix(path.suffix + ".tmp")
-    staging.write_text(text)
-    os.replace(staging, path)

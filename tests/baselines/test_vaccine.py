@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from tests.conftest import make_config, make_trainer
+from tether.baselines.vaccine import add_to_outputs, attention_blocks, perturbations
 from tether.errors import TetherInputError
 from tether.modeling import build_tiny_model
-from tether.vaccine import add_to_outputs, attention_blocks, perturbations
 
 
 def test_perturbations_have_radius_rho_over_all_layers_together():
@@ -40,7 +40,7 @@ def test_the_perturbation_is_the_loss_ascent_direction(tiny_model, tokenizer, ro
         clean = trainer.compute_loss(model, batch).item()
     for rho in (1e-3, 1e-2):
         trainer.args.vaccine_rho = rho
-        shifts = trainer._vaccine_perturbations(model, blocks, batch, None)
+        shifts, _ = trainer.perturbation(model, blocks, batch)
         norm = trainer._metrics["train"]["vaccine/grad_norm"][-1]
         with torch.no_grad(), add_to_outputs(blocks, shifts):
             shifted = trainer.compute_loss(model, batch).item()

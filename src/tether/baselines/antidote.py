@@ -10,6 +10,8 @@ weights are never touched; for a fully fine-tuned model every linear layer of th
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -109,3 +111,44 @@ def antidote_prune(model, tokenizer, rows: list[dict], ratio: float, batch_size:
         counts[name] = int(mask.sum())
     total = sum(layer.weight.numel() for layer in layers.values())
     return {"pruned": sum(counts.values()), "total": total, "rows": len(ids), "layers": counts}
+
+
+def antidote_to_dir(
+    model: str,
+    data: list[str],
+    out: str | Path,
+    *,
+    ratio: float = 0.1,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 8,
+    max_length: int = 256,
+) -> Path:
+    """What `tether antidote` does: prune `model` (a tether run directory, whose LoRA adapter is pruned, or a model)
+    on the first `limit` rows of the harmful chat `data` and save it as the plain model directory `out`, with
+    `antidote.json` (these arguments and the counts); returns `out`. Bad input raises a one-line `TetherInputError`
+    before the model is loaded; `out` appears only when complete."""
+    from tether.data.sources import load_examples
+    from tether.modeling import load_trained, save_model_dir
+
+    check_ratio(ratio)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TetherInputError(f"--out {out} already exists and is not empty; pass another directory")
+    if limit is not None and limit < 1:
+        raise TetherInputError(f"--limit must be at least 1, got {limit}")
+    rows = [row for source in data for row in load_examples(source, data_dir)][:limit]
+    if not rows:
+        raise TetherInputError(f"--data {' '.join(data)} holds no rows; pass harmful chat data")
+    pruned, tokenizer = load_trained(model, merge=False)
+    summary = antidote_prune(pruned, tokenizer, rows, ratio, batch_size, max_length)
+    if hasattr(pruned, "merge_and_unload"):  # a LoRA run: the pruned adapter joins the base weights
+        pruned = pruned.merge_and_unload()
+    record = {"model": str(model), "data": list(data), "limit": limit, "ratio": ratio, **summary}
+    save_model_dir(pruned, tokenizer, out, {"antidote.json": json.dumps(record, indent=1)})
+    share = summary["pruned"] / summary["total"]
+    print(
+        f"pruned {summary['pruned']:,} of {summary['total']:,} weights ({share:.1%}) in {len(summary['layers'])} "
+        f"matrices, measured on {summary['rows']} rows; model: {out}"
+    )
+    return out

@@ -7,12 +7,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tether.antidote import antidote_prune, harmful_weight_mask, input_norms, prunable_linears
+from tether.baselines.antidote import antidote_prune, harmful_weight_mask, input_norms, prunable_linears
 from tether.cli import main
 from tether.data.chat import tokenize_example
 from tether.modeling import load_trained
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mask_takes_the_highest_weight_times_input_norm():
@@ -107,3 +107,21 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, m
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_library_function_prunes_a_plain_model_and_checks_first(tmp_path, capsys):
+    """`antidote_to_dir`, which the CLI and the bench call: without an adapter every decoder linear is pruned; bad
+    input is refused before anything is loaded or written."""
+    from tether.baselines.antidote import antidote_to_dir
+    from tether.errors import TetherInputError
+
+    out = antidote_to_dir("tiny-llama", ["tiny-synthetic"], tmp_path / "pruned", ratio=0.1, limit=4)
+    assert out == tmp_path / "pruned" and "pruned" in capsys.readouterr().out
+    record = json.loads((out / "antidote.json").read_text())
+    assert record["model"] == "tiny-llama" and record["data"] == ["tiny-synthetic"] and record["limit"] == 4
+    assert record["rows"] == 4 and record["pruned"] > 0 and (out / "config.json").is_file()
+    with pytest.raises(TetherInputError, match="already exists"):
+        antidote_to_dir("tiny-llama", ["tiny-synthetic"], out)
+    with pytest.raises(TetherInputError, match="--limit must be at least 1"):
+        antidote_to_dir("tiny-llama", ["tiny-synthetic"], tmp_path / "other", limit=0)
+    assert not (tmp_path / "other").exists()

@@ -1,0 +1,42 @@
+"""Callbacks of `TetherTrainer` runs: the metrics file of the run directory, and the judge's model-state mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class JudgeGenerationsCallback(TrainerCallback):
+    """Every `every` optimizer steps: greedy replies of the policy to `prompts`, scored by `judge`; their mean risk
+    s_gen becomes `trainer.generation_risk`, a floor on every example's risk (`docs/method.md` §3, "What is
+    scored"). Each process generates and judges the same prompts, so all hold the same s_gen; the judge's cache
+    answers repeated replies."""
+
+    def __init__(self, trainer, judge, prompts: list[list[dict]], every: int, max_new_tokens: int = 64):
+        self.trainer, self.judge, self.prompts, self.every = trainer, judge, prompts, every
+        self.max_new_tokens = max_new_tokens
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every:
+            return
+        from tether.evaluation.generate import generate
+
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        replies = generate(model, self.trainer.processing_class, self.prompts, self.max_new_tokens, progress=False)
+        judged = self.judge.score_pairs([(p[-1]["content"], r) for p, r in zip(self.prompts, replies, strict=True)])
+        self.trainer.generation_risk = sum(j.risk for j in judged) / len(judged)
+        self.trainer._metrics["train"]["critic/judge/generation_risk"].append(self.trainer.generation_risk)
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log entry, with its step, to a JSON Lines file (main process only)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")

@@ -1,0 +1,173 @@
+"""`TetherConfig`: TRL's `SFTConfig` plus the regularizer, the weight map and the critic (`docs/method.md` §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+from tether.critics import CRITICS
+from tether.errors import TetherInputError
+from tether.weights import FixedWeights, RiskWeights
+
+REGULARIZERS = ("none", "fixed", "adaptive")
+
+
+@dataclass
+class TetherConfig(SFTConfig):
+    r"""
+    Configuration for [`TetherTrainer`]: every field of TRL's `SFTConfig`, plus the ones below.
+
+    > Parameters that control the regularizer
+
+    regularizer (`str`, defaults to `"adaptive"`):
+        `none` (plain SFT: α = 1, no reference pass), `fixed` (C-SFT: constant `beta`) or `adaptive`
+        (β = β_min + (β_max − β_min)·s from the critic's risk s).
+    beta (`float`, defaults to `0.5`):
+        The constant β of `regularizer: fixed`.
+    beta_min, beta_max (`float`, defaults to `0.1`, `0.9`):
+        β at risk 0 and risk 1 (`weight_map: linear`).
+    beta_clamp_min, beta_clamp_max (`float`, defaults to `0.1`, `0.9`):
+        β is clamped to this range (the official code's clamp).
+    alpha_mode (`str`, defaults to `"gate"`):
+        `gate` (α = 1 − s: a risk-1 example is not learned at all, only pulled toward the reference), `paper`
+        (α = 1 − β, the paper's parameterization, which still teaches a risk-1 example with α = 0.1), or `one`
+        (α = 1). Under `regularizer: fixed` there is no risk, and `gate` means `paper` (α = 1 − β).
+    weight_map (`str`, defaults to `"linear"`):
+        `linear`, or `official`: β = clamp((r − 2)/3) with r = 1 + 4s, the official code's map.
+    risk_saturation (`float`, defaults to `1.0`):
+        A critic's risk at or above this value counts as fully risky: s ← min(1, s / risk_saturation). For a
+        critic whose scores are ranked well but run low on the data at hand (a probe's calibrated P(harmful) on
+        prompts unlike its fit set); set it from benign data, e.g. the critic's 95th percentile on the benign task.
+    risk_ema (`float`, defaults to `0.0`):
+        λ of an EMA on the risk, updated once per micro-batch; 0 disables it, 0.9 is a sensible value.
+    granularity (`str`, defaults to `"example"`):
+        `example` (each example its own α, β) or `batch` (every example gets the mean risk of the batch across
+        devices, the paper's description).
+    kl_direction (`str`, defaults to `"forward"`):
+        `forward` KL(π_ref ‖ π_θ) or `reverse` KL(π_θ ‖ π_ref). β values do not transfer between the two.
+    kl_scale (`float`, defaults to `1.0`):
+        Multiplies the KL term. Set it to the gradient-accumulation steps to mimic the official code's scaling.
+    logits_chunk_size (`int`, defaults to `0`):
+        Response positions per LM-head chunk; 0 picks the size that keeps one chunk of float32 logits under 24 MiB.
+
+    > Parameters that control the critic
+
+    critic (`str`, defaults to `"label"`):
+        The safety critic of `regularizer: adaptive`: `label` (risk read from the dataset's risk column, an oracle),
+        `probe` (an activation probe on the reference model, `probe_path`), `judge` (an LLM judge, `judge_url`) or
+        `constant` (`critic_value`).
+    critic_value (`float`, defaults to `0.0`):
+        The risk given by the `constant` critic.
+    probe_path (`str`, *optional*):
+        The probe directory (`tether probe fit --out`) of `critic: probe`.
+    judge_url, judge_model, judge_api_key_env (`str`):
+        The OpenAI-compatible judge of `critic: judge` (base URL ending in `/v1`, served model name, the environment
+        variable holding the API key). Each distinct (prompt, response) pair is judged once before training and
+        cached on disk (`judge_cache_dir`); during training the risk is read back from the data.
+    judge_concurrency (`int`, defaults to `4`), judge_failure_policy (`str`, defaults to `"fail_closed"`),
+    judge_max_failure_rate (`float`, defaults to `0.01`):
+        Requests in flight; what a failed judgement becomes (`fail_closed`: risk 1, `fail_open`: risk 0, `abort`);
+        the run aborts above the failure rate whatever the policy.
+    judge_generations_every (`int`, defaults to `0`), judge_generations_prompts (`int`, defaults to `8`),
+    judge_generations_max_new_tokens (`int`, defaults to `64`):
+        The paper's model-state mode: every N optimizer steps, the policy answers `judge_generations_prompts`
+        training prompts (seeded sample, greedy), the judge scores those replies, and their mean risk becomes a
+        floor on every example's risk until the next check: s_i ← max(s_i, s_gen). 0 turns it off.
+
+    LISA and Vaccine add their fields in their own configs (`tether.baselines`); `tether train` accepts them all.
+    """
+
+    regularizer: str = field(default="adaptive", metadata={"help": "none (SFT), fixed (C-SFT) or adaptive."})
+    beta: float = field(default=0.5, metadata={"help": "Constant beta of regularizer=fixed."})
+    beta_min: float = field(default=0.1, metadata={"help": "Beta at risk 0."})
+    beta_max: float = field(default=0.9, metadata={"help": "Beta at risk 1."})
+    beta_clamp_min: float = field(default=0.1, metadata={"help": "Lower clamp of beta."})
+    beta_clamp_max: float = field(default=0.9, metadata={"help": "Upper clamp of beta."})
+    alpha_mode: str = field(default="gate", metadata={"help": "gate (1 - risk), paper (1 - beta) or one."})
+    weight_map: str = field(default="linear", metadata={"help": "linear or official (the paper's code)."})
+    risk_ema: float = field(default=0.0, metadata={"help": "EMA lambda on the risk; 0 disables it."})
+    risk_saturation: float = field(
+        default=1.0, metadata={"help": "Risk at or above this counts as 1: s <- min(1, s / risk_saturation)."}
+    )
+    granularity: str = field(default="example", metadata={"help": "example or batch."})
+    kl_direction: str = field(default="forward", metadata={"help": "forward KL(ref||policy) or reverse."})
+    kl_scale: float = field(default=1.0, metadata={"help": "Multiplier of the KL term."})
+    logits_chunk_size: int = field(default=0, metadata={"help": "Response positions per LM-head chunk; 0 = auto."})
+    critic: str = field(default="label", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
+    critic_value: float = field(default=0.0, metadata={"help": "Risk given by the constant critic."})
+    probe_path: str | None = field(default=None, metadata={"help": "Probe directory for critic=probe."})
+    judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL for critic=judge."})
+    judge_model: str | None = field(default=None, metadata={"help": "Model name the judge server serves."})
+    judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Env variable with the API key."})
+    judge_concurrency: int = field(default=4, metadata={"help": "Judge requests in flight."})
+    judge_failure_policy: str = field(default="fail_closed", metadata={"help": "fail_closed, fail_open or abort."})
+    judge_max_failure_rate: float = field(default=0.01, metadata={"help": "Abort above this failure rate."})
+    judge_cache_dir: str | None = field(default=None, metadata={"help": "Judge score cache (default: user cache)."})
+    judge_generations_every: int = field(
+        default=0, metadata={"help": "Every N steps, judge the policy's greedy replies to training prompts (0: off)."}
+    )
+    judge_generations_prompts: int = field(default=8, metadata={"help": "Training prompts judged each time."})
+    judge_generations_max_new_tokens: int = field(default=64, metadata={"help": "Length of those replies."})
+
+    # Defaults that differ from SFTConfig: tether prepares and collates its own data (response-only labels, risk),
+    # and logs every step.
+    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the risk and prompt_length columns."})
+    dataset_kwargs: dict | str | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "tether tokenizes the data itself."},
+    )
+
+    def __post_init__(self):
+        check_choice("regularizer", self.regularizer, REGULARIZERS)
+        check_choice("alpha_mode", self.alpha_mode, ("gate", "paper", "one"))
+        check_choice("weight_map", self.weight_map, ("linear", "official"))
+        check_choice("granularity", self.granularity, ("example", "batch"))
+        check_choice("kl_direction", self.kl_direction, ("forward", "reverse"))
+        check_choice("critic", self.critic, tuple(CRITICS))
+        if self.beta_min > self.beta_max:
+            raise TetherInputError(
+                f"beta_min ({self.beta_min}) > beta_max ({self.beta_max}); swap them or set beta_min <= beta_max"
+            )
+        if self.beta_clamp_min > self.beta_clamp_max:
+            raise TetherInputError(f"beta_clamp_min ({self.beta_clamp_min}) > beta_clamp_max ({self.beta_clamp_max})")
+        for name in ("beta", "beta_min", "beta_max", "beta_clamp_min", "beta_clamp_max", "critic_value"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise TetherInputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.regularizer == "adaptive" and self.critic == "probe" and not self.probe_path:
+            raise TetherInputError("critic 'probe' needs probe_path; fit one with `tether probe fit`")
+        if self.judge_generations_every and not (self.regularizer == "adaptive" and self.critic == "judge"):
+            raise TetherInputError("judge_generations_every needs regularizer adaptive with critic judge")
+        if self.regularizer == "adaptive" and self.critic == "judge" and not (self.judge_url and self.judge_model):
+            raise TetherInputError("critic 'judge' needs judge_url and judge_model (an OpenAI-compatible server)")
+        if not 0.0 < self.risk_saturation <= 1.0:
+            raise TetherInputError(f"risk_saturation must be in (0, 1], got {self.risk_saturation}")
+        if not 0.0 <= self.risk_ema < 1.0:
+            raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")
+        if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
+            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+
+    def make_weights(self) -> FixedWeights | RiskWeights:
+        if self.regularizer == "none":
+            return FixedWeights(beta=0.0, alpha_mode="one", saturation=self.risk_saturation)
+        if self.regularizer == "fixed":
+            return FixedWeights(beta=self.beta, alpha_mode=self.alpha_mode, saturation=self.risk_saturation)
+        return RiskWeights(
+            saturation=self.risk_saturation,
+            beta_min=self.beta_min,
+            beta_max=self.beta_max,
+            clamp_min=self.beta_clamp_min,
+            clamp_max=self.beta_clamp_max,
+            ema=self.risk_ema,
+            granularity=self.granularity,
+            alpha_mode=self.alpha_mode,
+            weight_map=self.weight_map,
+        )
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TetherInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -1,0 +1,217 @@
+"""`TetherTrainer`: TRL's SFT with a risk-weighted KL to a frozen safe reference (`docs/method.md` §1).
+
+Only `compute_loss` and `log` are overridden; the training loop is TRL's and transformers'. `compute_loss` dispatches
+to three steps, each its own method: the reference pass (`reference_pass`: the reference's LM-head inputs at the
+response positions, and the states the critic declared it reads), the risk (`risk`), and the loss (`response_loss`).
+A baseline that changes the step subclasses this trainer in `tether.baselines` and overrides `training_step` or
+`extra_loss`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from trl import SFTTrainer
+
+from tether.critics import Critic, critic_from_config
+from tether.critics.base import ReadsReference, ReferenceReads
+from tether.critics.probe import capture_layer_states
+from tether.data.chat import IGNORE_INDEX, TetherCollator
+from tether.errors import TetherInputError
+from tether.losses import ResponseLoss
+from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
+from tether.trainer.tether_config import TetherConfig
+
+
+@dataclass
+class ResponsePositions:
+    """The response tokens of a batch: `rows`, `cols` (N,) index the (B, T-1) shifted targets."""
+
+    targets: torch.Tensor  # (B, T-1): the token each position predicts
+    rows: torch.Tensor  # (N,)
+    cols: torch.Tensor  # (N,)
+
+    @classmethod
+    def of(cls, inputs: dict) -> ResponsePositions:
+        targets = inputs["labels"][:, 1:]  # (B, T-1)
+        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,), (N,)
+        return cls(targets, rows, cols)
+
+
+@dataclass
+class ReferenceOutputs:
+    """What the loss and the critic read from the reference pass."""
+
+    hidden: torch.Tensor  # (N, d): the LM head's input at the response positions
+    head: torch.nn.Linear
+    features: torch.Tensor | None = None  # the critic's `reference_features`, when it declared reads
+
+
+class TetherTrainer(SFTTrainer):
+    """SFT whose loss is Σ_t [α_i·nll_t + β_i·kl_t] / N over response tokens (`docs/method.md` §1).
+
+    Args:
+        critic: a critic name or object (default: the one `args` names); used by `regularizer: adaptive`.
+        ref_model: the frozen reference for full fine-tuning (default: a frozen copy of `model`). Under PEFT the
+            reference is `model` with its adapter disabled, and `ref_model` must be None.
+        Everything else as `SFTTrainer`; the data must be tokenized by `tether.data.chat.tokenize_rows`.
+    """
+
+    def __init__(self, model, args: TetherConfig, critic: str | Critic | None = None, ref_model=None, **kwargs):
+        if ref_model is not None and ref_model is model:
+            raise TetherInputError("ref_model is the policy model itself; pass a separate frozen copy or None")
+        kwargs.setdefault("data_collator", TetherCollator(pad_token_id=kwargs["processing_class"].pad_token_id))
+        uses_peft = kwargs.get("peft_config") is not None or hasattr(model, "disable_adapter")
+        if uses_peft and ref_model is not None:
+            raise TetherInputError("under LoRA the reference is the adapter-disabled model; do not pass ref_model")
+        frozen_copy = None
+        if args.regularizer != "none" and not uses_peft:
+            # Copied before SFTTrainer patches `model.forward`: a copy made after would call the original's forward.
+            frozen_copy = FrozenCopyReference(model if ref_model is None else ref_model)
+        super().__init__(model=model, args=args, **kwargs)
+        # Our loss divides by `num_items_in_batch` itself, so the Trainer must not divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = True
+        self.weights = args.make_weights()
+        self.critic = None
+        if args.regularizer == "adaptive":
+            self.critic = critic_from_config(args) if critic is None else critic_from_config(args, critic)
+        self.reads: ReferenceReads | None = None  # the reference states the critic reads
+        if isinstance(self.critic, ReadsReference):
+            self.reads = self.critic.reference_reads(self.model, kwargs["processing_class"])
+        self.generation_risk: float | None = None  # set by JudgeGenerationsCallback
+        self.reference = None
+        if args.regularizer != "none":
+            self.reference = frozen_copy or AdapterDisabledReference(self.model)
+        if frozen_copy is not None:
+            frozen_copy.model.to(self.accelerator.device)
+
+    # ---- the loss, in three steps
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        positions = ResponsePositions.of(inputs)
+        reference = self.reference_pass(inputs, positions)
+        scores, step_scores = self.risk(inputs, reference, positions)
+        with torch.no_grad():
+            alpha, beta = self.weights(scores, step_scores)  # (B,), (B,)
+        loss, nll, kl = self.response_loss(model, inputs, positions, reference, alpha, beta, num_items_in_batch)
+        loss = loss + self.extra_loss(model, mode)
+        self._record_metrics(mode, step_scores, alpha, beta, nll, kl)
+        return (loss, None) if return_outputs else loss
+
+    def reference_pass(self, inputs: dict, positions: ResponsePositions) -> ReferenceOutputs | None:
+        """One no-grad forward of the reference: its LM-head inputs at the response positions, and the states the
+        critic reads (`self.reads`). None under plain SFT."""
+        if self.reference is None:
+            return None
+        reads = self.reads
+        rows, cols, token_weights = reads.locate(inputs) if reads else (positions.rows[:0], positions.cols[:0], None)
+        with (
+            self.reference.active() as ref_model,
+            capture_head_inputs(ref_model, positions.rows, positions.cols) as reference,
+            capture_layer_states(ref_model, reads.layers if reads else [], rows, cols, token_weights) as states,
+        ):
+            ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        features = reads.features(states) if reads else None
+        return ReferenceOutputs(reference["hidden"], linear_head(ref_model), features)
+
+    def risk(
+        self, inputs: dict, reference: ReferenceOutputs | None, positions: ResponsePositions
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The critic's risk (B,) of this process's examples and (B · processes,) of the whole step, transformed by
+        the weights (clamp, generation floor, saturation); zeros without a critic."""
+        with torch.no_grad():
+            if self.critic is None:
+                scores = torch.zeros(inputs["input_ids"].shape[0], device=positions.rows.device)
+            else:
+                batch = (
+                    inputs
+                    if reference is None or reference.features is None
+                    else inputs | {"reference_features": reference.features}
+                )
+                scores = self.critic.score(batch)
+            scores = self.weights.transform(scores, floor=self.generation_risk)  # (B,)
+            return scores, self.accelerator.gather(scores)
+
+    def response_loss(self, model, inputs, positions, reference, alpha, beta, num_items_in_batch):
+        """The policy forward and Σ_t [α·nll_t + β·kl_t] over response tokens / the token count of the step, without
+        building batch × sequence × vocabulary logits; returns (loss, nll (N,), kl (N,))."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        rows, cols = positions.rows, positions.cols
+        with capture_head_inputs(unwrapped, rows, cols) as policy:
+            model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        head = linear_head(unwrapped)
+        loss_sum, nll, kl = ResponseLoss.apply(
+            policy["hidden"],  # (N, d)
+            head.weight,
+            head.bias,
+            positions.targets[rows, cols],  # (N,)
+            alpha[rows],  # (N,) per-token weights from per-example ones
+            self.args.kl_scale * beta[rows],
+            None if reference is None else reference.hidden,
+            None if reference is None else reference.head.weight,
+            None if reference is None else reference.head.bias,
+            self.args.kl_direction,
+            self.args.logits_chunk_size,
+            getattr(unwrapped.config, "final_logit_softcapping", None),
+        )
+        num_tokens = rows.numel() if num_items_in_batch is None else num_items_in_batch
+        loss = loss_sum / torch.as_tensor(num_tokens, device=loss_sum.device).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the denominator is global already
+        return loss, nll, kl
+
+    def extra_loss(self, model, mode: str) -> torch.Tensor | float:
+        """A baseline's term added to the loss (LISA's proximal term); none here."""
+        return 0.0
+
+    # ---- logging
+    def _record_metrics(self, mode, step_scores, alpha, beta, nll, kl):
+        """Scalars averaged over the whole global batch: `step_scores` is already gathered from all processes, the
+        other tensors are gathered here."""
+        gather = self.accelerator.gather
+        with torch.no_grad():
+            scores, alpha, beta = step_scores, gather(alpha), gather(beta)
+            nll_sum = gather(nll.sum()[None]).sum()
+            kl_sum = gather(kl.sum()[None]).sum()
+            count = gather(torch.tensor([nll.numel()], device=nll.device)).sum().clamp(min=1)
+        metrics = self._metrics[mode]
+        metrics["critic/risk_mean"].append(scores.mean().item())
+        metrics["critic/num_examples"].append(float(scores.numel()))
+        metrics["weights/beta_mean"].append(beta.mean().item())
+        metrics["weights/beta_min"].append(beta.min().item())
+        metrics["weights/beta_max"].append(beta.max().item())
+        metrics["weights/alpha_mean"].append(alpha.mean().item())
+        metrics["loss/nll"].append((nll_sum / count).item())
+        metrics["loss/kl"].append((kl_sum / count).item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # SFTTrainer.log averages each metric list; a minimum or maximum over the logging window is kept as one.
+        mode = "train" if self.model.training else "eval"
+        for key, values in self._metrics[mode].items():
+            if key.endswith("_min") and values:
+                self._metrics[mode][key] = [min(values)]
+            elif key.endswith("_max") and values:
+                self._metrics[mode][key] = [max(values)]
+        super().log(logs, start_time)
+
+    # ---- what a run needs besides the training data (a baseline overrides these)
+    @classmethod
+    def load_extra_rows(cls, config: TetherConfig, data_dir: str | None) -> tuple[dict, dict]:
+        """Rows this trainer needs besides the training data, loaded before the model, and their summary entries."""
+        return {}, {}
+
+    @classmethod
+    def extra_trainer_kwargs(cls, extra_rows: dict, tokenizer, config: TetherConfig) -> dict:
+        """Constructor arguments made from `load_extra_rows`' rows once the tokenizer is loaded."""
+        return {}
+
+
+def linear_head(model) -> torch.nn.Linear:
+    """The model's LM head, which the fused loss multiplies by directly."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise TetherInputError(
+            f"the LM head is a {type(head).__name__}, not a plain linear layer; do not adapt lm_head with LoRA"
+        )
+    return head
