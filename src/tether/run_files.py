@@ -3,16 +3,22 @@
 A folder is built in `<final>.incomplete` and renamed to `<final>` when complete (`atomic_dir`); a single file is
 written to a temporary file beside it and moved over it (`write_text_atomic`). A reader therefore never sees half a
 run directory, probe, report or results file, and a killed run leaves only a staging folder that the next one
-removes. Low level on purpose: this module imports nothing from tether but `tether.errors`, so any module may use it.
+removes (`tether train` resumes from the checkpoints in it instead). One process at a time writes an output: it holds
+`<final>.lock` for the whole job (`run_lock`, `locks_output`). Low level on purpose: this module imports nothing from
+tether but `tether.errors`, so any module may use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
+import inspect
 import os
 import platform
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tether.errors import TetherInputError
@@ -44,6 +50,90 @@ def atomic_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def lock_path(final: str | Path) -> Path:
+    """The lock file of the output `final`: `<final>.lock`, beside it."""
+    final = Path(final)
+    return final.with_name(final.name + ".lock")
+
+
+@contextlib.contextmanager
+def run_lock(final: str | Path, option: str = "--output_dir") -> Iterator[Path]:
+    """Hold the exclusive lock of the output `final` (an `flock` on `lock_path(final)`, which records the holder's
+    pid) for the block: one writer per output. While another process holds it, raise a one-line `TetherInputError`
+    naming that process and `option` (the flag that picks another output). The kernel releases the lock when its
+    holder dies, however it dies, so a killed run never leaves it stuck; a clean release removes the file, and the
+    parent folders the lock created if they are still empty."""
+    path = lock_path(final)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    fd = _acquire(path, Path(final), option)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still holding the lock: see `_acquire`
+        os.close(fd)
+        for parent in created:  # deepest first
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def locks_output(parameter: str, option: str) -> Callable:
+    """Decorator: the function holds `run_lock` on its output argument `parameter` (a path) for the whole call, so
+    the lock is taken before anything is checked, loaded or written."""
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args, **kwargs):
+            with run_lock(signature.bind(*args, **kwargs).arguments[parameter], option):
+                return function(*args, **kwargs)
+
+        return locked
+
+    return decorate
+
+
+def _acquire(path: Path, final: Path, option: str) -> int:
+    """An open descriptor of `path`, flock-ed. A lock file is removed by its holder before it lets go, so a process
+    that opened the old file and then got its lock checks that the path still names that file, and retries if not."""
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)  # again after an empty parent was removed by a release
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise TetherInputError(
+                f"{final} is being written by another process (pid {holder}); wait for it or pass another {option}"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """The pid the holder wrote into its lock file (it writes it right after locking: wait a moment for it)."""
+    for _ in range(50):
+        text = os.pread(fd, 32, 0).decode(errors="replace")
+        if text.endswith("\n") and text[:-1].isdigit():
+            return text[:-1]
+        time.sleep(0.01)
+    return "unknown"
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -2,18 +2,24 @@
 
 Run directory: `config.yaml` (resolved), `data_summary.json` (counts, mixing), `env.json` (versions),
 `metrics.jsonl`, and `adapter/` (LoRA) or `model/` (full fine-tuning). Training writes into
-`<output_dir>.incomplete` and renames it when it is done; on an error that staging folder is removed.
+`<output_dir>.incomplete` and renames it when it is done. The checkpoints transformers saves there (`save_strategy`)
+carry tether's own state too (`TetherTrainer.save_tether_state`); a rerun of a killed or interrupted run resumes from
+the last one, and nothing but `--restart` removes them. One process at a time holds `<output_dir>.lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import yaml
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tether.baselines import trainer_class_for
 from tether.config import DataArgs, ModelArgs
@@ -21,10 +27,13 @@ from tether.critics import PreparesRows, critic_from_config
 from tether.data.chat import tokenize_rows
 from tether.data.mixing import mix_harmful
 from tether.data.sources import load_examples
-from tether.errors import TetherInputError
+from tether.errors import Interrupted, TetherInputError
 from tether.modeling import load_model_and_tokenizer
-from tether.run_files import environment, staging_path
+from tether.run_files import environment, run_lock, staging_path
 from tether.trainer import JudgeGenerationsCallback, MetricsFileCallback, TetherConfig
+from tether.trainer.tether_trainer import TETHER_STATE
+
+TRAINER_STATE_NAME = "trainer_state.json"  # transformers' own, written last into a checkpoint
 
 
 def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
@@ -44,8 +53,17 @@ def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
 def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfig) -> Path:
     """Train and return the finished run directory. Bad input raises `TetherInputError` before anything is written.
     The trainer is `TetherTrainer`, or the baseline of `tether.baselines` that the config turns on; the critic is
-    asked what it needs (a risk column, a pass over the rows before training)."""
+    asked what it needs (a risk column, a pass over the rows before training).
+
+    One process at a time: the main process holds `<output_dir>.lock` for the whole run (another gets a one-line
+    error). A run left in `<output_dir>.incomplete` with checkpoints is resumed from the last one (`config.restart`
+    starts over instead); a failure or an interrupt keeps that folder and its checkpoints."""
     final_dir = Path(config.output_dir)
+    with run_lock(final_dir) if config.process_index == 0 else contextlib.nullcontext():
+        return _run_training(final_dir, model_args, data_args, config)
+
+
+def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, config: TetherConfig) -> Path:
     if final_dir.exists() and any(final_dir.iterdir()):
         raise TetherInputError(f"output_dir {final_dir} already exists and is not empty; pass another --output_dir")
     trainer_class = trainer_class_for(config)
@@ -69,21 +87,21 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             f"examples of dataset {data_args.dataset} lack; add the column, mix in --harmful_dataset, or choose "
             "another critic"
         )
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path, model_args.dtype, config.trust_remote_code
-    )
-    dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
-    extra_kwargs = trainer_class.extra_trainer_kwargs(extra_rows, tokenizer, config)
-
     staging = staging_path(final_dir)
     resolved = {
         "model": dataclasses.asdict(model_args),
         "data": dataclasses.asdict(data_args),
         "training": {**config.to_dict(), "output_dir": str(final_dir)},
     }
-    config.output_dir = str(staging)
-    trainer = None
+    checkpoint = resume_checkpoint(staging, resolved, config)
+    resuming_here = checkpoint is not None and staging.resolve() in checkpoint.resolve().parents
+    config.output_dir = str(staging)  # transformers writes its checkpoints here
     try:
+        model, tokenizer = load_model_and_tokenizer(
+            model_args.model_name_or_path, model_args.dtype, config.trust_remote_code
+        )
+        dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
+        extra_kwargs = trainer_class.extra_trainer_kwargs(extra_rows, tokenizer, config)
         trainer = trainer_class(
             model=model,
             args=config,
@@ -94,9 +112,14 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             callbacks=[MetricsFileCallback(staging / "metrics.jsonl")],
             **extra_kwargs,
         )
-        if trainer.is_world_process_zero():
+        if trainer.is_world_process_zero() and resuming_here:
+            note = f"resuming {final_dir} from {checkpoint.name} (pass --restart to start over)"
+            print(f"tether: {note}", file=sys.stderr)
+        elif trainer.is_world_process_zero():
+            if config.restart and complete_checkpoints(staging):
+                print(f"tether: starting over (--restart): removing {staging} and its checkpoints", file=sys.stderr)
             if staging.exists():
-                shutil.rmtree(staging)  # left by a killed run
+                shutil.rmtree(staging)  # no checkpoint to resume from in it, or `restart`
             staging.mkdir(parents=True)
             (staging / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
             (staging / "data_summary.json").write_text(json.dumps(summary, indent=2))
@@ -104,6 +127,8 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
             if critic_records is not None:
                 lines = [json.dumps(record) for record in critic_records]
                 (staging / "critic_scores.jsonl").write_text("\n".join(lines) + "\n")
+            if checkpoint is not None:
+                print(f"tether: resuming {final_dir} from {checkpoint}", file=sys.stderr)
         if config.judge_generations_every:
             prompts = [
                 r["messages"][:-1]
@@ -118,21 +143,83 @@ def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfi
                     config.judge_generations_max_new_tokens,
                 )
             )
+        if checkpoint is not None:
+            trainer.load_tether_state(checkpoint)
         trainer.accelerator.wait_for_everyone()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
         trainer.save_model(str(staging / ("adapter" if model_args.use_peft else "model")))
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(staging / ("adapter" if model_args.use_peft else "model"))
             staging.rename(final_dir)
         trainer.accelerator.wait_for_everyone()
-    except BaseException:
-        if trainer is None or trainer.is_world_process_zero():
-            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as error:
+        kept = complete_checkpoints(staging)
+        if not kept and config.process_index == 0:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing to resume from in it
+        rerun = "rerun the same command" + (" without --restart" if config.restart else "")
+        hint = f"{rerun} to resume from {kept[-1].name}" if kept else "no checkpoint was saved, nothing is kept"
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM under the CLI: one line, no traceback
+            signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+            raise Interrupted(signum, f"interrupted; {hint}") from None
+        if kept and not isinstance(error, TetherInputError):
+            print(f"tether: the run failed; {staging} keeps its checkpoints: {hint}", file=sys.stderr)
         raise
     finally:
         config.output_dir = str(final_dir)
     return final_dir
+
+
+def complete_checkpoints(staging: Path) -> list[Path]:
+    """The complete checkpoints in a staging folder, oldest first: those with transformers' `trainer_state.json` and
+    tether's state (written after it), so that a checkpoint cut short by a kill is never resumed from."""
+    found = [c for c in staging.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if is_complete_checkpoint(c)]
+    steps = {c: c.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-") for c in found}
+    return sorted((c for c in found if steps[c].isdigit()), key=lambda c: int(steps[c]))
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    return (folder / TRAINER_STATE_NAME).is_file() and (folder / TETHER_STATE).is_file()
+
+
+def resume_checkpoint(staging: Path, resolved: dict, config: TetherConfig) -> Path | None:
+    """The checkpoint this run starts from: `--resume_from_checkpoint`, else the last complete one in the staging
+    folder a killed run left, unless `config.restart`. Refuses (one line) to resume a staging folder made with
+    another config, or to start over past its checkpoints without `--restart`."""
+    given = Path(config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+    if given is not None and not is_complete_checkpoint(given):
+        raise TetherInputError(
+            f"--resume_from_checkpoint {given} is not a complete checkpoint ({TRAINER_STATE_NAME} and "
+            f"{TETHER_STATE}); pass a {PREFIX_CHECKPOINT_DIR}-N folder of a tether run"
+        )
+    inside = given is not None and staging.resolve() in given.resolve().parents
+    if config.restart:
+        if inside:
+            raise TetherInputError(f"--restart discards {staging}, which holds --resume_from_checkpoint; drop one")
+        return given
+    found = complete_checkpoints(staging) if staging.is_dir() else []
+    if not found and not inside:
+        return given  # a staging folder without a checkpoint has nothing to resume: it is replaced
+    if found and given is not None and not inside:
+        raise TetherInputError(
+            f"{staging} holds checkpoints of a killed run ({found[-1].name}); pass --restart to discard them, or "
+            "resume from one of them"
+        )
+    recorded = _flat(yaml.safe_load((staging / "config.yaml").read_text()))
+    now = _flat(yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False)))
+    ignored = {"training.restart", "training.resume_from_checkpoint"}  # how a run starts, not what it trains
+    differing = sorted(k for k in (recorded.keys() | now.keys()) - ignored if recorded.get(k) != now.get(k))
+    if differing:
+        first, more = differing[0], f" and {len(differing) - 1} more" if len(differing) > 1 else ""
+        raise TetherInputError(
+            f"{staging} holds a killed run of another config ({first}: {recorded.get(first)!r} there, "
+            f"{now.get(first)!r} now{more}); pass --restart to start over, or another --output_dir"
+        )
+    return given or found[-1]
+
+
+def _flat(config: dict) -> dict:
+    return {f"{section}.{key}": value for section, fields in config.items() for key, value in (fields or {}).items()}
 
 
 def train_from_settings(settings: dict) -> Path:

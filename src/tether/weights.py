@@ -37,6 +37,7 @@ class FixedWeights:
         self.beta = beta
         self.alpha = 1.0 if alpha_mode == "one" else 1.0 - beta  # without a risk, "gate" is "paper"
         self.saturation = saturation
+        self.state: float | None = None  # no EMA; the attribute `RiskWeights` has, which a checkpoint records
 
     def transform(self, scores: torch.Tensor, floor: float | None = None) -> torch.Tensor:
         """The risk that is logged (these weights do not read it)."""

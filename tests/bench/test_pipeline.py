@@ -281,3 +281,30 @@ def test_stages_record_what_the_cli_verbs_would(bench_dir):
     train_parser().check_config_file(str(record))
     settings = yaml.safe_load(record.read_text())
     assert settings["output_dir"] == str(bench_dir / "runs" / "pure" / "c-sft" / "seed0") and settings["beta"] == 0.5
+
+
+def test_a_killed_run_is_left_to_resume_unless_its_settings_changed(mini_data_dir, tmp_path, monkeypatch):
+    """The bench never removes a killed run's staging folder itself: `tether train` resumes it when the run's settings
+    are those recorded when it started, and starts over (`restart`) when they are not."""
+    from tether.bench import pipeline
+    from tether.run_files import staging_path
+
+    bench = pipeline.Bench(bench_config_from_dict(tiny_bench(mini_data_dir)), tmp_path / "bench")
+    run_dir = bench.out / "runs" / "pure" / "sft" / "seed0"
+    checkpoint = staging_path(run_dir) / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    data = tmp_path / "data.jsonl"
+    data.write_text("{}\n")
+    seen = []
+
+    def train(settings):
+        seen.append((settings.get("restart", False), checkpoint.is_dir()))
+        return run_dir
+
+    monkeypatch.setattr(pipeline, "train_from_settings", train)
+    settings = {"model_name_or_path": "tiny-llama", "dataset": str(data)}
+    bench.train_once("run", run_dir, settings)  # no record of the settings it started with
+    bench.train_once("run", run_dir, settings)  # the same settings
+    bench.train_once("run", run_dir, {**settings, "learning_rate": 0.01})
+    assert seen == [(True, True), (False, True), (True, True)]
+    assert "restart" not in yaml.safe_load((bench.out / "configs" / "runs__pure__sft__seed0.yaml").read_text())

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tether.errors import TetherInputError
+from tether.run_files import locks_output
 
 
 def prunable_linears(model) -> dict[str, nn.Linear]:
@@ -113,6 +114,7 @@ def antidote_prune(model, tokenizer, rows: list[dict], ratio: float, batch_size:
     return {"pruned": sum(counts.values()), "total": total, "rows": len(ids), "layers": counts}
 
 
+@locks_output("out", option="--out")
 def antidote_to_dir(
     model: str,
     data: list[str],
@@ -129,7 +131,7 @@ def antidote_to_dir(
     `antidote.json` (these arguments and the counts); returns `out`. Bad input raises a one-line `TetherInputError`
     before the model is loaded; `out` appears only when complete."""
     from tether.data.sources import load_examples
-    from tether.modeling import load_trained, save_model_dir
+    from tether.modeling import check_trained_files, load_trained, save_model_dir
 
     check_ratio(ratio)
     out = Path(out)
@@ -137,6 +139,10 @@ def antidote_to_dir(
         raise TetherInputError(f"--out {out} already exists and is not empty; pass another directory")
     if limit is not None and limit < 1:
         raise TetherInputError(f"--limit must be at least 1, got {limit}")
+    for flag, value in (("--batch_size", batch_size), ("--max_length", max_length)):
+        if value < 1:
+            raise TetherInputError(f"{flag} must be at least 1, got {value}")
+    check_trained_files(model)
     rows = [row for source in data for row in load_examples(source, data_dir)][:limit]
     if not rows:
         raise TetherInputError(f"--data {' '.join(data)} holds no rows; pass harmful chat data")

@@ -16,6 +16,8 @@ from tether.data.chat import IGNORE_INDEX, tokenize_rows
 from tether.errors import TetherInputError
 from tether.trainer import TetherConfig, TetherTrainer
 
+ANCHOR = "lisa_anchor/"  # the prefix of the proximal anchor's tensors in a checkpoint's tether state
+
 
 @dataclass
 class LisaConfig(TetherConfig):
@@ -66,6 +68,7 @@ class LisaTrainer(TetherTrainer):
             raise TetherInputError("LISA needs its alignment data: pass alignment_dataset (tokenized lisa_data)")
         self.alignment_dataset = alignment_dataset
         self._alignment_batches = None  # an endless iterator over shuffled alignment batches
+        self._alignment_drawn = 0  # batches taken from it: a resumed run rebuilds it and skips as many
         self._lisa_phase: str | None = None
         self._lisa_anchor: dict[str, torch.Tensor] | None = None  # θ at the last phase switch
 
@@ -111,6 +114,22 @@ class LisaTrainer(TetherTrainer):
         self._metrics[mode]["lisa/proximal"].append(proximal.item())
         return proximal / self.args.gradient_accumulation_steps
 
+    def tether_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """`TetherTrainer`'s, plus the phase, the batches drawn from the alignment data, and the proximal anchor."""
+        values, tensors = super().tether_state()
+        values["lisa"] = {"phase": self._lisa_phase, "alignment_batches": self._alignment_drawn}
+        tensors |= {ANCHOR + name: p for name, p in (self._lisa_anchor or {}).items()}
+        return values, tensors
+
+    def set_tether_state(self, values: dict, tensors: dict[str, torch.Tensor]) -> None:
+        super().set_tether_state(values, tensors)
+        self._lisa_phase = values["lisa"]["phase"]
+        self._alignment_drawn = values["lisa"]["alignment_batches"]
+        self._alignment_batches = None
+        device = self.accelerator.device
+        anchor = {n.removeprefix(ANCHOR): t.to(device) for n, t in tensors.items() if n.startswith(ANCHOR)}
+        self._lisa_anchor = anchor or None
+
     def _next_alignment_batch(self) -> dict:
         if self._alignment_batches is None:
             self._alignment_batches = _endless_batches(
@@ -119,6 +138,9 @@ class LisaTrainer(TetherTrainer):
                 self.data_collator,
                 self.args.seed + self.accelerator.process_index,
             )
+            for _ in range(self._alignment_drawn):  # a resumed run: continue where the checkpoint stopped
+                next(self._alignment_batches)
+        self._alignment_drawn += 1
         return next(self._alignment_batches)
 
 

@@ -190,9 +190,60 @@ def _build(cls, raw, where: str):
     return cls(**raw)
 
 
+def _number(where: str, name: str, value, least: float, most: float | None = None, below: bool = False) -> None:
+    """`value` is a number >= `least` (and <= `most`, or < `most` with `below`), else an error naming the key."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= least
+    if ok and most is not None:
+        ok = value < most if below else value <= most
+    if not ok:
+        bound = f"at least {least}" if most is None else f"in [{least}, {most}{')' if below else ']'}"
+        raise TetherInputError(f"{where}: {name} must be a number {bound}, got {value!r}")
+
+
+def _check_numbers(config: BenchConfig, where: str) -> None:
+    """The counts, ratios and lengths of the config are in range: a typo fails at load, not hours into the bench."""
+    if not isinstance(config.seeds, list) or not config.seeds:
+        raise TetherInputError(f"{where}: seeds must be a non-empty list of integers, e.g. [0]")
+    for seed in config.seeds:
+        _number(where, "each seed", seed, 0)
+    for source, n in (config.reference.data or {}).items():
+        _number(f"{where}: reference", f"data: {source}", n, 1)
+    for scenario in config.scenarios:
+        at = f"{where}: scenario {scenario.name!r}"
+        for name in ("n_harmful", "n_benign"):
+            if getattr(scenario, name) is not None:
+                _number(at, name, getattr(scenario, name), 1)
+        _number(at, "harmful_ratio", scenario.harmful_ratio, 0.0, 1.0, below=True)
+        _number(at, "n_anchor", scenario.n_anchor, 0)
+    for method in config.methods:
+        if method.antidote is not None:
+            at = f"{where}: method {method.name!r}: antidote"
+            if method.antidote.limit is not None:
+                _number(at, "limit", method.antidote.limit, 1)
+            if not method.antidote.data:
+                raise TetherInputError(f"{at}: data is empty; name harmful chat data, e.g. advbench-targets")
+    for name in ("utility_limit", "max_new_tokens", "batch_size"):
+        _number(f"{where}: eval", name, getattr(config.eval, name), 1)
+    probe = config.probe
+    if probe is not None:
+        from tether.critics.probe import POOLINGS
+
+        if not isinstance(probe.layers, list) or not probe.layers:
+            raise TetherInputError(f"{where}: probe: layers must be a non-empty list of hidden-state indices")
+        for layer in probe.layers:
+            _number(f"{where}: probe", "each layer", layer, 0)
+        if probe.pooling not in POOLINGS:
+            raise TetherInputError(
+                f"{where}: probe: pooling must be one of {', '.join(POOLINGS)}; got {probe.pooling!r}"
+            )
+        if probe.C is not None and not (isinstance(probe.C, (int, float)) and probe.C > 0):
+            raise TetherInputError(f"{where}: probe: C must be a positive number, got {probe.C!r}")
+
+
 def _validate(config: BenchConfig, where: str) -> None:
     if not config.scenarios or not config.methods:
         raise TetherInputError(f"{where}: needs at least one scenario and one method")
+    _check_numbers(config, where)
     for kind, items in (("scenario", config.scenarios), ("method", config.methods)):
         names = [item.name for item in items]
         duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -28,7 +28,7 @@ from tether.bench.config import BenchConfig, Method, Scenario, reference_utility
 from tether.critics.probe_tasks import evaluate_probe_dir, fit_probe_dir
 from tether.errors import TetherInputError
 from tether.evaluation.run import evaluate_to_dir
-from tether.run_files import atomic_dir, staging_path, write_text_atomic
+from tether.run_files import atomic_dir, run_lock, staging_path, write_text_atomic
 from tether.runner import train_from_settings
 
 
@@ -62,6 +62,12 @@ class Bench:
 
     # ---- the whole matrix
     def run(self, scenarios: list[str] | None = None, methods: list[str] | None = None) -> Path:
+        """Every stage that has no result yet; returns the report. One process at a time: the bench directory is
+        locked (`<out>.lock`) for the whole run, before anything is written."""
+        with run_lock(self.out, option="--out_dir"):
+            return self.run_stages(scenarios, methods)
+
+    def run_stages(self, scenarios: list[str] | None = None, methods: list[str] | None = None) -> Path:
         self.check_selection(scenarios, methods)
         self.out.mkdir(parents=True, exist_ok=True)
         self.write_bench_yaml()
@@ -207,13 +213,16 @@ class Bench:
             check_tether_defaults(run_dir, settings)
             log(f"{what}: cached at {run_dir}")
             return
-        shutil.rmtree(staging_path(run_dir), ignore_errors=True)  # left by a killed run
         train_settings = {"report_to": "none", "save_strategy": "no", **settings, "output_dir": str(run_dir)}
         if self.config.data_dir:
             train_settings["data_dir"] = self.config.data_dir
         # a record of the run's settings, to rerun it with `tether train --config`; training reads the dict itself
         config_file = self.out / "configs" / f"{stage}.yaml"
-        write_text_atomic(config_file, yaml.safe_dump(train_settings, sort_keys=False))
+        record = yaml.safe_dump(train_settings, sort_keys=False)
+        killed = staging_path(run_dir).exists()
+        if killed and (not config_file.is_file() or config_file.read_text() != record):
+            train_settings["restart"] = True  # a killed run of other settings; one of these settings resumes
+        write_text_atomic(config_file, record)
         log(f"{what}: training ({config_file})")
         print(f"run directory: {train_from_settings(train_settings)}")  # as `tether train` prints it
         self.record(stage, spec)
@@ -376,6 +385,8 @@ def check_tether_defaults(run_dir: Path, settings: dict) -> None:
         return  # plain SFT: no tether field changes its loss
     for f in dataclasses.fields(TetherConfig):
         if f.name in settings or f.name in SFTConfig.__dataclass_fields__ or f.name not in trained:
+            continue
+        if f.name == "restart":  # how the run started, not what it trained
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         fixed_alpha = f.name == "alpha_mode" and trained["regularizer"] == "fixed"

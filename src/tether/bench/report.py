@@ -248,7 +248,7 @@ def markdown(data: dict, rows: list[dict]) -> str:
 
 
 def targets(data: dict, rows: list[dict]) -> list[str]:
-    """The issue's targets that these results can check, each marked met or missed with its numbers."""
+    """The targets that these results can check, each marked met or missed with its numbers."""
     key = f"{HARMFUL}_asr"
     out = []
     ref = data["initial"].get("reference") or {}

@@ -99,6 +99,27 @@ class TransportError(Exception):
     """The backend could not be reached or answered with an error; retried with backoff."""
 
 
+class UnexpectedReply(TransportError):
+    """The server answered, but not as the OpenAI chat API does (HTML, an empty body, other JSON)."""
+
+
+def check_judge_url(url: str, flag: str = "--judge_url") -> None:
+    if not url.startswith(("http://", "https://")):
+        raise TetherInputError(
+            f"{flag} {url!r} is not an http(s) URL; pass the /v1 base URL, e.g. http://127.0.0.1:8000/v1"
+        )
+
+
+def describe_reply(body: bytes) -> str:
+    """What a reply that is not the chat API's JSON looks like, for an error message."""
+    text = body.decode(errors="replace").strip()
+    if not text:
+        return "answered with an empty body, not the OpenAI chat API"
+    if text.startswith("<"):
+        return "answered with HTML, not the OpenAI chat API"
+    return f"answered with text that is not JSON ({text[:60]!r}), not the OpenAI chat API"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Backends: `complete(messages) -> str` and an `id` for cache keys.
 
@@ -114,6 +135,7 @@ class OpenAICompatibleBackend:
         timeout: float = 60.0,
         max_tokens: int = 256,
     ):
+        check_judge_url(base_url)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.timeout, self.max_tokens = model, timeout, max_tokens
         self.api_key = os.environ.get(api_key_env, "")
@@ -129,7 +151,7 @@ class OpenAICompatibleBackend:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                payload = json.loads(reply.read())
+                body = reply.read()
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")[:200]
             if error.code in (400, 401, 403, 404):  # not transient: retrying will not help
@@ -138,17 +160,27 @@ class OpenAICompatibleBackend:
                     "check the judge model name and API key"
                 ) from None
             raise TransportError(f"HTTP {error.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as error:
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             raise TransportError(f"{type(error).__name__}: {error}") from None
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UnexpectedReply(describe_reply(body)) from None
         try:
             return payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
-            raise TransportError(f"unexpected reply shape: {str(payload)[:200]}") from None
+            raise UnexpectedReply(
+                f"answered with JSON without choices[0].message.content: {str(payload)[:120]}"
+            ) from None
 
     def check(self) -> None:
         """One cheap request, so that an unreachable server or a wrong model fails before any work."""
         try:
             self.complete([{"role": "user", "content": "Reply with OK."}])
+        except UnexpectedReply as error:
+            raise TetherInputError(
+                f"judge server {self.url} {error}; is judge_url the /v1 base URL of an OpenAI-compatible server?"
+            ) from None
         except TransportError as error:
             raise TetherInputError(
                 f"judge server {self.url} is unreachable ({error}); start it or fix --judge_url"

@@ -60,20 +60,15 @@ class FeatureBank:
         """(n, len(layers), d) features of `source` (every layer if `layers` is None)."""
         if source not in self.cache:
             if self.position in ("response", "both"):
-                rows = load_chat_rows(source, self.data_dir)
+                rows = read_source(source, self.position, self.data_dir)
                 self.cache[source] = chat_row_features(
                     self.model, self.tokenizer, rows, self.all_layers, self.position, self.batch_size, desc=source
                 )
             else:
-                prompts = (  # a prompt set or file, or the prompts of a named chat dataset (`pure-bad`)
-                    prompts_of(source, self.data_dir)
-                    if source.split(":")[0] in NAMED_DATASETS.keys() - PROMPT_SETS.keys()
-                    else load_prompts(source, self.data_dir)
-                )
                 self.cache[source] = prompt_features(
                     self.model,
                     self.tokenizer,
-                    prompts,
+                    read_source(source, self.position, self.data_dir),
                     self.all_layers,
                     self.batch_size,
                     desc=source,
@@ -270,6 +265,16 @@ def write_sweep_report(rows: list[dict], out_dir: str | Path, title: str) -> Non
         plt.close(fig)
 
 
+def read_source(source: str, position: str, data_dir: str | None = None) -> list:
+    """What a probe reads of `source`: chat rows with responses (`position` response or both), else prompts (a prompt
+    set or file, or the prompts of a named chat dataset such as `pure-bad`)."""
+    if position in ("response", "both"):
+        return load_chat_rows(source, data_dir)
+    if source.split(":")[0] in NAMED_DATASETS.keys() - PROMPT_SETS.keys():
+        return prompts_of(source, data_dir)
+    return load_prompts(source, data_dir)
+
+
 def load_chat_rows(
     source: str,
     data_dir: str | None = None,
@@ -279,6 +284,10 @@ def load_chat_rows(
 
     name, _, limit = source.rpartition(":") if source.rpartition(":")[2].isdigit() else (source, "", "")
     rows = load_examples(name, data_dir)
+    if limit and int(limit) > len(rows):
+        raise TetherInputError(
+            f"{source} asks for {limit} rows, but {name} has {len(rows)}; ask for at most {len(rows)}"
+        )
     return rows[: int(limit)] if limit else rows
 
 

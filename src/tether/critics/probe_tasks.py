@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from tether.errors import TetherInputError
+from tether.run_files import locks_output
 
 FLAGGED_LIMIT_FORMAT = "write SET=SHARE with SHARE in [0, 1], e.g. xstest-safe=0.1"
 SWEEP_POOLINGS = ("mean", "max", "concat", "weighted")
@@ -30,6 +31,7 @@ def parse_flagged_limits(items: list[str]) -> dict[str, float]:
     return limits
 
 
+@locks_output("out", option="--out")
 def fit_probe_dir(
     model: str | None,
     harmful: list[str],
@@ -52,7 +54,7 @@ def fit_probe_dir(
     default `mean`) and save it as the directory `out`; returns `out`. With `val_harmful` and `val_benign`, a
     one-layer probe is fitted at each of `layers` and the best by mean validation AUROC kept (among those flagging at
     most `val_max_flagged[s]` of each validation benign set `s`). The arguments are `tether probe fit`'s."""
-    from tether.critics.probe import check_layers
+    from tether.critics.probe import POOLINGS, check_layers
     from tether.critics.probe_sweep import (
         FeatureBank,
         best_candidate,
@@ -60,12 +62,26 @@ def fit_probe_dir(
         fit_from_sources,
         layer_candidates,
     )
-    from tether.modeling import load_model_and_tokenizer
+    from tether.modeling import check_model_files, load_model_and_tokenizer
 
     if not model:
         raise TetherInputError("pass --model (the model to read activations from)")
     if Path(out).exists():
         raise TetherInputError(f"probe output {out} already exists; pass another --out")
+    check_batch_size(batch_size)
+    if not layers or min(layers) < 0 or len(set(layers)) < len(layers):
+        raise TetherInputError(
+            f"--layers {' '.join(map(str, layers))}: pass distinct hidden-state indices >= 0 (0 = embeddings)"
+        )
+    if pooling is not None and pooling not in POOLINGS:
+        raise TetherInputError(f"--pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+    if C is not None and not 0 < C < float("inf"):
+        raise TetherInputError(f"--C (inverse L2 strength) must be a positive number, got {C}")
+    if tokens != "last" and position != "prompt":  # as `FeatureBank` says it, before the sources are read
+        raise TetherInputError(
+            f"probe tokens must be `last`, or `mean` or `template` with position prompt; got {tokens!r} with "
+            f"{position!r}"
+        )
     if (val_harmful is None) != (val_benign is None):
         raise TetherInputError("layer selection needs both --val_harmful and --val_benign; pass both or neither")
     if val_max_flagged and not val_harmful:
@@ -78,6 +94,8 @@ def fit_probe_dir(
         raise TetherInputError(f"--val_max_flagged names {unknown[0]}, not one of --val_benign; limit those sets")
     if val_harmful and pooling not in (None, "last-layer"):
         raise TetherInputError(f"layer selection (--val_harmful) fits one-layer probes; drop --pooling {pooling}")
+    check_model_files(model)
+    check_sources([*harmful, *benign, *(val_harmful or []), *(val_benign or [])], position, data_dir)
     policy, tokenizer = load_model_and_tokenizer(model)
     bank = FeatureBank(policy, tokenizer, data_dir, batch_size, position, layers, tokens)
     check_layers(policy, layers)
@@ -118,10 +136,22 @@ def evaluate_probe_dir(
     the probe was fitted on), printed and, with `out`, written to `<out>/eval.json`; with `sweep`, also fit every
     layer × pooling on the probe's own fit sets and write the sweep report (to `out`, default the current folder).
     Returns the evaluation. The arguments are `tether probe eval`'s."""
+    from tether.critics.probe import POOLINGS
     from tether.critics.probe_sweep import FeatureBank, evaluate, write_sweep_report
     from tether.critics.probe_sweep import sweep as sweep_layers
 
-    loaded, model_name, policy, tokenizer = _probe_and_model(probe, model)
+    check_batch_size(batch_size)
+    check_threshold(threshold)
+    if window < 1:
+        raise TetherInputError(f"--window must be at least 1 (consecutive layers pooled), got {window}")
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if unknown:
+        raise TetherInputError(f"--poolings {unknown[0]!r}: choose among {', '.join(POOLINGS)}")
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise TetherInputError(f"--out {out} is a file; pass a directory for eval.json")
+    loaded, model_name = _probe_and_name(probe, model)
+    check_sources([*harmful, *benign], loaded.position, data_dir)
+    policy, tokenizer = _model_for(loaded, model_name)
     bank = FeatureBank(
         policy, tokenizer, data_dir, batch_size, loaded.position, None if sweep else loaded.layers, loaded.tokens
     )
@@ -174,13 +204,20 @@ def score_data(
     from tether.critics.probe_sweep import load_chat_rows, prompts_of
     from tether.run_files import write_text_atomic
 
-    loaded, _, policy, tokenizer = _probe_and_model(probe, model)
+    check_batch_size(batch_size)
+    check_threshold(threshold)
+    if Path(out).is_dir():
+        raise TetherInputError(f"--out {out} is a directory; pass a file name for the JSONL of risks")
+    loaded, model_name = _probe_and_name(probe, model)
     if loaded.position in ("response", "both"):
-        rows = load_chat_rows(data, data_dir)  # read once; features of the probe's layers only
+        rows = load_chat_rows(data, data_dir)  # read once, before the model; features of the probe's layers only
         prompts = [row["messages"] for row in rows]
-        features = chat_row_features(policy, tokenizer, rows, loaded.layers, loaded.position, batch_size)
     else:
         prompts = prompts_of(data, data_dir)
+    policy, tokenizer = _model_for(loaded, model_name)
+    if loaded.position in ("response", "both"):
+        features = chat_row_features(policy, tokenizer, rows, loaded.layers, loaded.position, batch_size)
+    else:
         features = prompt_features(policy, tokenizer, prompts, loaded.layers, batch_size, tokens=loaded.tokens)
     risks = loaded.score(features).tolist()
     records = [
@@ -194,16 +231,42 @@ def score_data(
     return out
 
 
-def _probe_and_model(probe: str | Path, model: str | None):
-    """The probe directory loaded, the model's name (`model`, else the one the probe records), and that model and
-    its tokenizer, checked to be the model the probe was fitted on."""
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise TetherInputError(f"--batch_size must be at least 1, got {batch_size}")
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise TetherInputError(f"--threshold must be in [0, 1] (a risk), got {threshold}")
+
+
+def check_sources(sources: list[str], position: str, data_dir: str | None) -> None:
+    """Every source reads (named sets present, files parse) before the model is loaded: reading is cheap next to it."""
+    from tether.critics.probe_sweep import read_source
+
+    for source in dict.fromkeys(sources):
+        read_source(source, position, data_dir)
+
+
+def _probe_and_name(probe: str | Path, model: str | None):
+    """The probe directory loaded, and the model's name (`model`, else the one the probe records), its files
+    checked."""
     from tether.critics.probe import LinearProbe
-    from tether.modeling import load_model_and_tokenizer
+    from tether.modeling import check_model_files
 
     loaded = LinearProbe.load(probe)
     model_name = model or loaded.metadata.get("model", {}).get("name")
     if not model_name:
         raise TetherInputError("pass --model (the model to read activations from)")
+    check_model_files(model_name)
+    return loaded, model_name
+
+
+def _model_for(loaded, model_name: str):
+    """The model and its tokenizer, checked to be the model the probe was fitted on."""
+    from tether.modeling import load_model_and_tokenizer
+
     policy, tokenizer = load_model_and_tokenizer(model_name)
     loaded.check_model(policy, tokenizer)
-    return loaded, model_name, policy, tokenizer
+    return policy, tokenizer

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tether.data.registry import REGISTRY, parse_source
-from tether.data.sources import FILE_SUFFIXES, load_named, read_rows
+from tether.data.sources import FILE_SUFFIXES, load_named, read_rows, read_text
 from tether.errors import TetherInputError
 
 # The named prompt sets: every registered set with an evaluation role (read by `tether.critics.probe_sweep`).
@@ -46,7 +46,7 @@ def load_prompts(source: str, data_dir: str | None = None) -> list[list[dict]]:
                 f"prompt source not found: {source}; pass a file (.jsonl/.json/.txt) or one of {', '.join(PROMPT_SETS)}"
             )
         if path.suffix == ".txt":
-            texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            texts = [line.strip() for line in read_text(path).splitlines() if line.strip()]
         elif path.suffix in FILE_SUFFIXES:
             texts = [row_prompt(row, source, i) for i, row in enumerate(read_rows(path), start=1)]
         else:
@@ -57,11 +57,18 @@ def load_prompts(source: str, data_dir: str | None = None) -> list[list[dict]]:
 
 
 def row_prompt(row: dict, source: str, index: int) -> str:
+    if not isinstance(row, dict):
+        raise TetherInputError(f"{source} example {index}: expected a JSON object, got {type(row).__name__}")
     if "messages" in row:
-        return next(m["content"] for m in row["messages"] if m["role"] == "user")
+        users = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+        if not users or not isinstance(users[0], str):
+            raise TetherInputError(f"{source} example {index}: `messages` holds no user message with string content")
+        return users[0]
     if "instruction" in row:
         return row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
     for key in ("prompt", "question", "goal"):
         if key in row:
+            if not isinstance(row[key], str):
+                raise TetherInputError(f"{source} example {index}: `{key}` must be a string, got {row[key]!r:.60}")
             return row[key]
     raise TetherInputError(f"{source} example {index}: no prompt field (prompt, instruction, question, goal, messages)")

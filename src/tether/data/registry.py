@@ -12,6 +12,8 @@ A selection follows the name after a colon, the same for training data, prompt s
   sorted by category is covered by a small sample.
 For `xstest` (safe prompts, then unsafe ones) the selection applies to each label. So `alpaca-eval:300` and
 `alpaca-eval:300-805` are disjoint, and so are the interleaved halves `xstest-safe:0-250/2` and `xstest-safe:1-250/2`.
+Loading a named set, a selection that reaches past the set's end (`harmbench:300` of its 200) is an error giving the
+set's size, and so is one that selects nothing.
 """
 
 from __future__ import annotations
@@ -149,15 +151,43 @@ def parse_source(source: str, names: Collection[str] = REGISTRY) -> tuple[str, S
     return name, Selection(int(match["start"]), int(match["stop"]), int(match["step"] or 1))
 
 
-def select(items: list, source: str, selection: Selection | None, labels: Sequence | None = None) -> list:
+def check_size(selection: Selection, n: int, source: str, part: str = "") -> None:
+    """Refuse a selection that asks for more than the set holds (`NAME:N`, `NAME:~N`, or a range `A-B` that starts
+    inside the set and ends past it), naming the set's size; a range that starts past the end selects nothing."""
+    name = source.partition(":")[0]
+    if selection.spread is not None and 0 < n < selection.spread:
+        raise TetherInputError(
+            f"{source} asks for {selection.spread} items, but {part}{name} has {n}; ask for at most {n}"
+        )
+    if selection.spread is None and selection.stop is not None and selection.start < n < selection.stop:
+        if selection.start == 0 and selection.step == 1:
+            raise TetherInputError(
+                f"{source} asks for {selection.stop} items, but {part}{name} has {n}; ask for at most {n}"
+            )
+        raise TetherInputError(
+            f"{source} asks for items up to {selection.stop - 1}, but {part}{name} has {n} (0 to {n - 1}); end the "
+            f"range at {n} at most"
+        )
+
+
+def select(
+    items: list, source: str, selection: Selection | None, labels: Sequence | None = None, strict: bool = False
+) -> list:
     """The items `selection` keeps (all of them without one), applied to each label's items in turn when `labels`
-    (one per item) are given; an empty result is an error that names `source`."""
+    (one per item) are given; an empty result is an error that names `source`. With `strict` (what the loaders of
+    named sets use), a selection reaching past the end of the set is an error too (`check_size`); without it, it keeps
+    what there is."""
     if selection is not None and labels is not None:
         groups: dict = {}
         for item, label in zip(items, labels, strict=True):
             groups.setdefault(label, []).append(item)
+        for label, group in groups.items():
+            if strict:
+                check_size(selection, len(group), source, f"the {label!r} items of ")
         items = [item for group in groups.values() for item in selection.apply(group)]
     elif selection is not None:
+        if strict:
+            check_size(selection, len(items), source)
         items = selection.apply(items)
     if not items:
         raise TetherInputError(

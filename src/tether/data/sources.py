@@ -5,13 +5,16 @@ Accepted row formats, detected per row:
 - Alpaca: `instruction`, optional `input`, `output`;
 - `prompt` / `completion`: strings, or lists of messages;
 - `question` / `answer` (GSM8K).
-A numeric `risk` column (name configurable) is carried along for the `label` critic.
+A `risk` column (name configurable; a number in [0, 1], anything else refused) is carried along for the `label`
+critic.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -37,7 +40,7 @@ def load_examples(
     `output` (evaluation data) instead of calling them an error; a selection counts them."""
     name, selection = parse_source(source, [*REGISTRY, *GENERATED_DATASETS])
     if name == "tiny-synthetic":
-        return select(tiny_synthetic_examples(), source, selection)
+        return select(tiny_synthetic_examples(), source, selection, strict=True)
     if name in REGISTRY:
         if not REGISTRY[name].responses:
             raise TetherInputError(
@@ -75,7 +78,7 @@ def load_named(source: str, data_dir: str | None = None) -> tuple[str, NamedSet,
     if entry.reader == "csv":
         rows = read_prompt_csv(path, entry.column, entry.where, entry.label_column)
     elif entry.reader == "instructions":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
         inputs = data.get("inputs") or [""] * len(data["instructions"])
         rows = [{"instruction": i, "input": x} for i, x in zip(data["instructions"], inputs, strict=True)]
     elif entry.reader == "pairs":
@@ -83,12 +86,12 @@ def load_named(source: str, data_dir: str | None = None) -> tuple[str, NamedSet,
     else:
         rows = read_rows(path)
     labels = [row["label"] for row in rows] if entry.label_column else None
-    return name, entry, select(rows, source, selection, labels)
+    return name, entry, select(rows, source, selection, labels, strict=True)
 
 
 def read_rows(path: Path) -> list[dict]:
     """JSON Lines (one object per line) or a JSON list of objects; errors name the file and line."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):
@@ -112,13 +115,25 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def read_text(path: Path) -> str:
+    """The file's text as UTF-8; a byte that is not UTF-8 is an error naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise TetherInputError(
+            f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8"
+        ) from None
+
+
 def read_prompt_csv(
     path: Path, column: str, where: tuple[str, str] | None = None, label_column: str | None = None
 ) -> list[dict]:
     """`{"prompt"}` rows from one column of a CSV, only those whose column `where[0]` equals `where[1]`; with
     `label_column`, each row also has its `"label"` and the rows come label by label (in the order labels first
     appear), each label's rows in file order."""
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         rows = [
             {"prompt": row[column], **({"label": row[label_column]} if label_column else {})}
             for row in csv.DictReader(f)
@@ -133,7 +148,7 @@ def read_prompt_csv(
 def read_pair_csv(path: Path, prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
     """A prompt/response CSV (Llama-2 `[INST] ... [/INST]` tags stripped) -> Alpaca rows, one per distinct prompt."""
     rows, seen = [], set()
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         for row in csv.DictReader(f):
             prompt = row[prompt_column].replace("[INST]", "").replace("[/INST]", "").strip()
             if prompt not in seen:
@@ -160,8 +175,14 @@ def to_chat_row(row: dict, source: str, index: int, risk_column: str = "risk") -
     if not isinstance(row, dict):
         raise TetherInputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if "messages" in row:
+        if not isinstance(row["messages"], list):
+            raise TetherInputError(
+                f"{where}: `messages` must be a list of {{role, content}}, got {row['messages']!r:.60}"
+            )
         messages = list(row["messages"])
     elif "instruction" in row and "output" in row:
+        if not all(isinstance(row.get(key) or "", str) for key in ("instruction", "input", "output")):
+            raise TetherInputError(f"{where}: `instruction`, `input` and `output` must be strings")
         prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
     elif "prompt" in row and "completion" in row:
@@ -177,10 +198,24 @@ def to_chat_row(row: dict, source: str, index: int, risk_column: str = "risk") -
         raise TetherInputError(f"{where}: the last message must be the assistant response to train on")
     if not str(messages[-1].get("content") or "").strip():
         raise TetherInputError(f"{where}: empty response; give the example a response or remove it")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise TetherInputError(f"{where}: every message needs a string `role` and `content`, got {str(m)[:80]}")
     out = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
     if risk_column in row and row[risk_column] is not None:
-        out["risk"] = float(row[risk_column])
+        out["risk"] = parse_risk(row[risk_column], f"{where}: {risk_column}")
     return out
+
+
+def parse_risk(value, where: str) -> float:
+    """A risk value as a float in [0, 1]; anything else (a word, NaN, inf, a value outside) is an error naming it."""
+    try:
+        risk = float(value)
+    except (TypeError, ValueError):
+        risk = math.nan
+    if isinstance(value, bool) or not 0.0 <= risk <= 1.0:
+        raise TetherInputError(f"{where} must be a number in [0, 1] (0 safe, 1 harmful), got {value!r}; fix the value")
+    return risk
 
 
 def _as_messages(value, role: str) -> list[dict]:

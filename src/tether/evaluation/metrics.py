@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from tether.data.sources import resolve_data_dir
+from tether.data.sources import read_text, resolve_data_dir
 from tether.errors import TetherInputError
 
 REFUSAL_FILE = "refusal_prefixes/refusal_prefixes.txt"  # the llm-attacks list, 29 strings
@@ -29,7 +29,7 @@ def load_refusal_strings(path: str | None = None, data_dir: str | None = None) -
     file = Path(path) if path else resolve_data_dir(data_dir) / REFUSAL_FILE
     if not file.is_file():
         raise TetherInputError(f"refusal string list not found at {file}; pass --refusal_strings FILE or --data_dir")
-    return [line.rstrip("\n") for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.rstrip("\n") for line in read_text(file).splitlines() if line.strip()]
 
 
 def is_refusal(text: str, refusal_strings: list[str]) -> bool:

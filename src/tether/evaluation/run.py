@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tether.errors import TetherInputError
+from tether.run_files import locks_output
 
 
+@locks_output("out", option="--out")
 def evaluate_to_dir(
     model: str,
     benchmarks: list[str],
@@ -42,7 +44,7 @@ def evaluate_to_dir(
     from tether.evaluation.harness import evaluate_model
     from tether.evaluation.metrics import load_refusal_strings
     from tether.evaluation.results import write_results
-    from tether.modeling import load_trained
+    from tether.modeling import check_trained_files, load_trained
     from tether.run_files import atomic_dir, cache_dir
 
     out = Path(out)
@@ -65,10 +67,27 @@ def evaluate_to_dir(
         "judge_max_failure_rate": judge_max_failure_rate,
         "reference_model": reference_model,
     }
+    if out.exists() and not out.is_dir():
+        raise TetherInputError(f"--out {out} is a file; pass a directory for results.json and summary.md")
     if out.exists() and any(out.iterdir()):
         raise TetherInputError(f"--out {out} already exists and is not empty; pass another directory")
     if not benchmarks and not nll_data:
         raise TetherInputError("nothing to evaluate: pass --benchmark NAME [...] and/or --nll_data SRC")
+    for flag, value in (
+        ("--max_new_tokens", max_new_tokens),
+        ("--batch_size", batch_size),
+        ("--nll_limit", nll_limit),
+        ("--judge_concurrency", judge_concurrency),
+    ):
+        if value < 1:
+            raise TetherInputError(f"{flag} must be at least 1, got {value}")
+    if not judge_timeout > 0:
+        raise TetherInputError(f"--judge_timeout must be a positive number of seconds, got {judge_timeout}")
+    if not 0.0 <= judge_max_failure_rate <= 1.0:
+        raise TetherInputError(f"--judge_max_failure_rate must be in [0, 1], got {judge_max_failure_rate}")
+    check_trained_files(model)
+    if reference_model:
+        check_trained_files(reference_model)
     loaded = [load_benchmark(spec, data_dir) for spec in benchmarks]
     strings = load_refusal_strings(refusal_strings, data_dir)
     nll_rows = load_examples(nll_data, data_dir, drop_empty=True)[:nll_limit] if nll_data else None

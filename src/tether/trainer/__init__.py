@@ -2,7 +2,7 @@
 callbacks of a `tether train` run (`callbacks.py`). Baselines that change the step subclass these in
 `tether.baselines`."""
 
-from tether.trainer.callbacks import JudgeGenerationsCallback, MetricsFileCallback
+from tether.trainer.callbacks import JudgeGenerationsCallback, MetricsFileCallback, TetherStateCallback
 from tether.trainer.tether_config import REGULARIZERS, TetherConfig
 from tether.trainer.tether_trainer import TetherTrainer, linear_head
 
@@ -11,6 +11,7 @@ __all__ = [
     "JudgeGenerationsCallback",
     "MetricsFileCallback",
     "TetherConfig",
+    "TetherStateCallback",
     "TetherTrainer",
     "linear_head",
 ]

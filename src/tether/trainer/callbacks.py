@@ -1,4 +1,5 @@
-"""Callbacks of `TetherTrainer` runs: the metrics file of the run directory, and the judge's model-state mode."""
+"""Callbacks of `TetherTrainer` runs: the metrics file of the run directory, tether's state in each checkpoint, and
+the judge's model-state mode."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 class JudgeGenerationsCallback(TrainerCallback):
@@ -31,12 +33,39 @@ class JudgeGenerationsCallback(TrainerCallback):
 
 
 class MetricsFileCallback(TrainerCallback):
-    """Appends every log entry, with its step, to a JSON Lines file (main process only)."""
+    """Appends every log entry, with its step, to a JSON Lines file (main process only). A run resumed from
+    checkpoint-N first drops the lines after step N (and a line cut short by a kill), so each step is there once."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry["step"] <= state.global_step:
+                kept.append(line + "\n")
+        self.path.write_text("".join(kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class TetherStateCallback(TrainerCallback):
+    """Writes `trainer.save_tether_state` into each checkpoint transformers saves (main process): the state a resumed
+    run needs besides the weights, optimizer, scheduler and RNG states (the risk EMA, the judge's floor, a baseline's
+    own), so that a killed and resumed run ends where an uninterrupted one does."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            self.trainer.save_tether_state(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

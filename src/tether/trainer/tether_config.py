@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from trl import SFTConfig
 
 from tether.critics import CRITICS
+from tether.critics.judge import FAILURE_POLICIES, check_judge_url
 from tether.errors import TetherInputError
 from tether.weights import FixedWeights, RiskWeights
 
@@ -76,6 +78,12 @@ class TetherConfig(SFTConfig):
         training prompts (seeded sample, greedy), the judge scores those replies, and their mean risk becomes a
         floor on every example's risk until the next check: s_i ← max(s_i, s_gen). 0 turns it off.
 
+    > Parameters that control the run
+
+    restart (`bool`, defaults to `False`):
+        A rerun of a killed run resumes from the last checkpoint in `<output_dir>.incomplete` (checkpoints come from
+        `save_strategy` / `save_steps`); `restart` discards that folder and its checkpoints and starts over.
+
     LISA and Vaccine add their fields in their own configs (`tether.baselines`); `tether train` accepts them all.
     """
 
@@ -110,6 +118,10 @@ class TetherConfig(SFTConfig):
     )
     judge_generations_prompts: int = field(default=8, metadata={"help": "Training prompts judged each time."})
     judge_generations_max_new_tokens: int = field(default=64, metadata={"help": "Length of those replies."})
+    restart: bool = field(
+        default=False,
+        metadata={"help": "Discard a killed run's <output_dir>.incomplete and its checkpoints and start over."},
+    )
 
     # Defaults that differ from SFTConfig: tether prepares and collates its own data (response-only labels, risk),
     # and logs every step.
@@ -127,6 +139,32 @@ class TetherConfig(SFTConfig):
         check_choice("granularity", self.granularity, ("example", "batch"))
         check_choice("kl_direction", self.kl_direction, ("forward", "reverse"))
         check_choice("critic", self.critic, tuple(CRITICS))
+        check_choice("judge_failure_policy", self.judge_failure_policy, FAILURE_POLICIES)
+        for name in ("kl_scale", "learning_rate"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise TetherInputError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        for name, least in (
+            ("logits_chunk_size", 0),
+            ("judge_concurrency", 1),
+            ("judge_generations_every", 0),
+            ("judge_generations_prompts", 1),
+            ("judge_generations_max_new_tokens", 1),
+            ("per_device_train_batch_size", 1),
+            ("gradient_accumulation_steps", 1),
+            ("seed", 0),
+        ):
+            if getattr(self, name) < least:
+                raise TetherInputError(f"{name} must be at least {least}, got {getattr(self, name)}")
+        if self.max_length is not None and self.max_length < 1:
+            raise TetherInputError(f"max_length must be at least 1 (tokens per example), got {self.max_length}")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise TetherInputError(
+                f"num_train_epochs must be > 0 (got {self.num_train_epochs}) unless max_steps sets the length"
+            )
+        if not 0.0 <= self.judge_max_failure_rate <= 1.0:
+            raise TetherInputError(f"judge_max_failure_rate must be in [0, 1], got {self.judge_max_failure_rate}")
+        if self.judge_url:
+            check_judge_url(self.judge_url, "judge_url")
         if self.beta_min > self.beta_max:
             raise TetherInputError(
                 f"beta_min ({self.beta_min}) > beta_max ({self.beta_max}); swap them or set beta_min <= beta_max"

@@ -9,7 +9,9 @@ A baseline that changes the step subclasses this trainer in `tether.baselines` a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from trl import SFTTrainer
@@ -21,7 +23,12 @@ from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
 from tether.losses import ResponseLoss
 from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
+from tether.run_files import write_text_atomic
+from tether.trainer.callbacks import TetherStateCallback
 from tether.trainer.tether_config import TetherConfig
+
+TETHER_STATE = "tether_state.json"  # in each checkpoint folder, beside transformers' trainer_state.json
+TETHER_TENSORS = "tether_state.safetensors"
 
 
 @dataclass
@@ -80,6 +87,8 @@ class TetherTrainer(SFTTrainer):
         if isinstance(self.critic, ReadsReference):
             self.reads = self.critic.reference_reads(self.model, kwargs["processing_class"])
         self.generation_risk: float | None = None  # set by JudgeGenerationsCallback
+        self._resumed_at: tuple[int, float] | None = None  # (step, loss sum up to it) of the checkpoint resumed from
+        self.add_callback(TetherStateCallback(self))
         self.reference = None
         if args.regularizer != "none":
             self.reference = frozen_copy or AdapterDisabledReference(self.model)
@@ -193,7 +202,53 @@ class TetherTrainer(SFTTrainer):
                 self._metrics[mode][key] = [min(values)]
             elif key.endswith("_max") and values:
                 self._metrics[mode][key] = [max(values)]
+        if "train_loss" in logs and self._resumed_at is not None:
+            # transformers averages the loss over this `train()` call's steps only; a resumed run reports the mean
+            # over all the steps, as an uninterrupted run does
+            step, loss_sum = self._resumed_at
+            steps = self.state.global_step
+            logs["train_loss"] = (loss_sum + logs["train_loss"] * (steps - step)) / max(steps, 1)
         super().log(logs, start_time)
+
+    # ---- tether's state in a checkpoint: what transformers' checkpoint does not hold (a baseline adds its own)
+    def tether_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """JSON values and tensors that a run resumed from a checkpoint needs to continue as if never stopped."""
+        # transformers 5's running loss sums (its train_loss is their mean); this call's part plus the earlier calls'
+        loss_sum = self._total_loss_scalar + float(self._tr_loss)
+        if self._resumed_at is not None:
+            loss_sum += self._resumed_at[1]
+        values = {
+            "global_step": self.state.global_step,
+            "risk_ema": self.weights.state,
+            "generation_risk": self.generation_risk,
+            "loss_sum": loss_sum,
+        }
+        return values, {}
+
+    def set_tether_state(self, values: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what `tether_state` returned."""
+        self.weights.state = values["risk_ema"]
+        self.generation_risk = values["generation_risk"]
+        self._resumed_at = (values["global_step"], values["loss_sum"])
+
+    def save_tether_state(self, checkpoint: str | Path) -> None:
+        """`tether_state.json` (+ `tether_state.safetensors` for tensors) in the checkpoint folder. The JSON file is
+        written last and atomically: a checkpoint that has it is complete."""
+        from safetensors.torch import save_file
+
+        values, tensors = self.tether_state()
+        checkpoint = Path(checkpoint)
+        if tensors:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, checkpoint / TETHER_TENSORS)
+        write_text_atomic(checkpoint / TETHER_STATE, json.dumps(values, indent=1))
+
+    def load_tether_state(self, checkpoint: str | Path) -> None:
+        """Restore the state `save_tether_state` wrote into `checkpoint`."""
+        from safetensors.torch import load_file
+
+        checkpoint = Path(checkpoint)
+        tensors = load_file(checkpoint / TETHER_TENSORS) if (checkpoint / TETHER_TENSORS).is_file() else {}
+        self.set_tether_state(json.loads((checkpoint / TETHER_STATE).read_text()), tensors)
 
     # ---- what a run needs besides the training data (a baseline overrides these)
     @classmethod

@@ -1,0 +1,64 @@
+"""The bench report's columns: every rate with its prompt count and 95% interval, benign refusal beside ASR."""
+
+import json
+
+import pytest
+
+from tether.bench.report import _eval_metrics, aggregate, markdown
+from tether.evaluation.metrics import wilson_interval
+
+
+def write_results(folder, asr_k, refusal_k, over_k):
+    """A results.json as `tether eval` writes it: 10 HarmBench prompts, 20 AlpacaEval, 8 XSTest safe + 2 unsafe."""
+    folder.mkdir(parents=True)
+
+    def samples(n, **extra):
+        return [{"prompt": "p", "response": "r", "refused": False, **extra} for _ in range(n)]
+
+    results = {
+        "benchmarks": {
+            "harmbench": {"kind": "harmful", "metrics": {"keyword_asr": asr_k / 10}, "samples": samples(10)},
+            "alpaca-eval": {
+                "kind": "instructions",
+                "metrics": {"benign_refusal": refusal_k / 20},
+                "samples": samples(20),
+            },
+            "xstest": {
+                "kind": "xstest",
+                "metrics": {"over_refusal": over_k / 8, "refusal_rate": 0.5},
+                "samples": samples(8, label="safe") + samples(2, label="unsafe"),
+            },
+        },
+        "heldout_nll": {"data": "gsm8k-test", "nll": 1.0, "tokens": 100},
+    }
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_each_rate_carries_its_prompt_count_and_interval(tmp_path):
+    """3 of 10 jailbroken, 5 of 20 benign requests refused, 2 of the 8 safe XSTest prompts refused (the 2 unsafe
+    ones do not count)."""
+    write_results(tmp_path / "e", asr_k=3, refusal_k=5, over_k=2)
+    metrics = _eval_metrics(tmp_path / "e")
+    assert metrics["harmbench_asr"] == 0.3 and metrics["harmbench_asr_n"] == 10
+    assert metrics["harmbench_asr_ci95"] == pytest.approx(wilson_interval(3, 10))
+    assert metrics["alpaca-eval_refusal"] == 0.25 and metrics["alpaca-eval_refusal_n"] == 20
+    assert metrics["alpaca-eval_refusal_ci95"] == pytest.approx(wilson_interval(5, 20))
+    assert metrics["xstest_over_refusal_n"] == 8
+    assert metrics["xstest_over_refusal_ci95"] == pytest.approx(wilson_interval(2, 8))
+
+
+def test_seeds_pool_their_prompts_and_the_table_shows_benign_refusal(tmp_path):
+    """Two seeds of one method: ASR 3/10 and 5/10 -> mean 40%, the interval of 8 of 20 pooled prompts."""
+    runs = []
+    for seed, k in ((0, 3), (1, 5)):
+        write_results(tmp_path / f"s{seed}", asr_k=k, refusal_k=1, over_k=0)
+        runs.append({"scenario": "pure", "method": "SFT", "seed": seed} | _eval_metrics(tmp_path / f"s{seed}"))
+    [row] = aggregate(runs)
+    assert row["harmbench_asr"] == pytest.approx(0.4) and row["harmbench_asr_n"] == 20
+    assert row["harmbench_asr_ci95"] == pytest.approx(wilson_interval(8, 20))
+    data = {"config": {"eval": {"benchmarks": ["harmbench"]}}, "initial": {}, "runs": runs, "own_utility": {}}
+    table = markdown(data, [row])
+    header = next(line for line in table.splitlines() if line.startswith("| scenario"))
+    assert "AlpacaEval refusal" in header and "HarmBench keyword ASR" in header
+    lo, hi = wilson_interval(8, 20)
+    assert f"40.0% ± 14.1 [{100 * lo:.0f}–{100 * hi:.0f}]" in table
