@@ -11,7 +11,8 @@ XSTest safe (125), the NLL of the first 100 GSM8K test answers.
     python benchmarks/reference_recipes.py --out runs/recipes                 # every candidate, validation
     python benchmarks/reference_recipes.py --out runs/recipes --only demo contrast
     python benchmarks/reference_recipes.py --out runs/recipes --test demo contrast   # + the un-aligned model
-    python benchmarks/reference_recipes.py --out runs/recipes --table docs/bench/reference_recipes.json
+    python benchmarks/reference_recipes.py --out runs/recipes --table docs/bench/reference_recipes.json \\
+        --plot docs/bench/reference_recipes.png
 
 Stages are cached like the bench's: a rerun skips finished candidates and resumes an interrupted one.
 """
@@ -97,24 +98,70 @@ def run(names: list[str], out: Path, data_dir: str | None, test: bool) -> None:
         base.evaluate("test", base.config.model)
 
 
+# benchmark (as either spelling was recorded) -> the summary's metric
+SUMMARY = {
+    "harmbench-val": ("harmbench_asr", "keyword_asr"),
+    "harmbench-test": ("harmbench_asr", "keyword_asr"),
+    "alpaca-eval": ("alpaca_eval_refusal", "benign_refusal"),
+    "alpaca_eval": ("alpaca_eval_refusal", "benign_refusal"),
+    "xstest-safe": ("xstest_over_refusal", "over_refusal"),
+}
+
+
+def summary(results: dict) -> dict:
+    """The three rates (with prompt counts and 95% intervals) and the held-out NLL of one results.json."""
+    from tether.evaluation.metrics import wilson_interval
+
+    out = {}
+    for name, bench in results["benchmarks"].items():
+        key, metric = SUMMARY[name]
+        value, n = bench["metrics"][metric], len(bench["samples"])
+        out |= {key: value, f"{key}_n": n, f"{key}_ci95": wilson_interval(round(value * n), n)}
+    return out | {"heldout_nll": results["heldout_nll"]["nll"]}
+
+
 def table(out: Path) -> dict:
-    """Every candidate's validation (and test) metrics, read from disk."""
+    """Every candidate's validation (and test) summary, read from disk, and the recipe the rule picks: the lowest
+    validation HarmBench ASR + AlpacaEval refusal (the two errors weighted alike), ties by XSTest over-refusal."""
     rows = {}
     for folder in sorted(p for p in out.iterdir() if (p / "evals").is_dir()):
-        row = {
-            "recipe": CANDIDATES.get(folder.name, (None, None))[0],
-            "train": CANDIDATES.get(folder.name, ({}, {}))[1],
-        }
+        data, train = CANDIDATES.get(folder.name, (None, {}))
+        row = {"recipe": data, "train": train}
         for split in ("validation", "test"):
             path = folder / "evals" / split / "results.json"
             if path.is_file():
-                results = json.loads(path.read_text())
-                row[split] = {
-                    name: {k: v for k, v in bench["metrics"].items() if not k.startswith("n_")}
-                    for name, bench in results["benchmarks"].items()
-                } | {"heldout_nll": results["heldout_nll"]}
+                row[split] = summary(json.loads(path.read_text()))
         rows[folder.name] = row
-    return rows
+    aligned = {name: row for name, row in rows.items() if row["recipe"] and "validation" in row}
+    chosen = min(
+        aligned,
+        key=lambda n: (
+            aligned[n]["validation"]["harmbench_asr"] + aligned[n]["validation"]["alpaca_eval_refusal"],
+            aligned[n]["validation"]["xstest_over_refusal"],
+        ),
+    )
+    return {"chosen": chosen, "candidates": rows}
+
+
+def plot(data: dict, path: Path) -> None:
+    """HarmBench ASR against AlpacaEval refusal, one point per recipe (validation; test where measured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for split, marker in (("validation", "o"), ("test", "s")):
+        for name, row in data["candidates"].items():
+            if split in row:
+                x, y = 100 * row[split]["alpaca_eval_refusal"], 100 * row[split]["harmbench_asr"]
+                ax.scatter(x, y, marker=marker, color="black" if name == "base" else None)
+                ax.annotate(f"{name} ({split[:4]})", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="AlpacaEval refusal (%)", ylabel="HarmBench keyword ASR (%)", xlim=(-2, 60), ylim=(-2, 102))
+    ax.set_title("Alignment recipes for the safe reference (SmolLM2-135M)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -124,11 +171,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="candidates to run (default: all)")
     parser.add_argument("--test", nargs="*", default=None, help="also evaluate these candidates on the test sets")
     parser.add_argument("--table", default=None, help="write every candidate's metrics to this JSON file")
+    parser.add_argument("--plot", default=None, help="with --table: the ASR-against-benign-refusal plot (PNG)")
     args = parser.parse_args()
     out = Path(args.out)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(json.dumps(table(out), indent=1) + "\n")
+        data = table(out)
+        Path(args.table).write_text(json.dumps(data, indent=1) + "\n")
+        if args.plot:
+            plot(data, Path(args.plot))
         return
     unknown = [n for n in (args.only or []) + (args.test or []) if n not in CANDIDATES]
     if unknown:
