@@ -297,6 +297,10 @@ CASES = {
     "lora_alpha-0": ([*TRAIN, "--lora_alpha", "0"], "lora_alpha must be positive, got 0"),
     "lora_dropout-1": ([*TRAIN, "--lora_dropout", "1"], "lora_dropout must be in [0, 1), got 1.0"),
     "lora_r-0": ([*TRAIN, "--lora_r", "0"], "lora_r must be positive, got 0"),
+    "lora_target_modules-unknown": (
+        [*TRAIN, "--lora_target_modules", "q_proj", "nonexistent_proj"],
+        "lora_target_modules nonexistent_proj: no such module in the model; choose from",
+    ),
     "dtype-float8": ([*TRAIN, "--dtype", "float8"], "dtype must be float32, bfloat16 or float16"),
     # the regularizer and the training loop
     "kl_scale-negative": ([*TRAIN, "--kl_scale", "-1"], "kl_scale must be a finite number >= 0, got -1.0"),

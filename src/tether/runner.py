@@ -100,6 +100,8 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
         model, tokenizer = load_model_and_tokenizer(
             model_args.model_name_or_path, model_args.dtype, config.trust_remote_code
         )
+        if model_args.use_peft:
+            check_lora_targets(model, model_args.lora_target_modules)
         dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
         extra_kwargs = trainer_class.extra_trainer_kwargs(extra_rows, tokenizer, config)
         trainer = trainer_class(
@@ -168,6 +170,20 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
     finally:
         config.output_dir = str(final_dir)
     return final_dir
+
+
+def check_lora_targets(model, targets: list[str]) -> None:
+    """Every named LoRA target is a module of the model (PEFT would otherwise fail with a traceback)."""
+    if targets == ["all-linear"]:
+        return
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise TetherInputError(
+            f"lora_target_modules {', '.join(missing)}: no such module in the model; choose from "
+            f"{', '.join(linear)}, or all-linear"
+        )
 
 
 def complete_checkpoints(staging: Path) -> list[Path]:
