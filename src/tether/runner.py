@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from transformers.trainer import TRAINER_STATE_NAME  # transformers' own, written last into a checkpoint
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tether.baselines import trainer_class_for
@@ -32,8 +33,6 @@ from tether.modeling import load_model_and_tokenizer
 from tether.run_files import environment, run_lock, staging_path
 from tether.trainer import JudgeGenerationsCallback, MetricsFileCallback, TetherConfig
 from tether.trainer.tether_trainer import TETHER_STATE
-
-TRAINER_STATE_NAME = "trainer_state.json"  # transformers' own, written last into a checkpoint
 
 
 def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
