@@ -305,6 +305,11 @@ CASES = {
     # the regularizer and the training loop
     "kl_scale-negative": ([*TRAIN, "--kl_scale", "-1"], "kl_scale must be a finite number >= 0, got -1.0"),
     "kl_scale-inf": ([*TRAIN, "--kl_scale", "inf"], "kl_scale must be a finite number >= 0, got inf"),
+    "kl_prefix_tokens-negative": ([*TRAIN, "--kl_prefix_tokens", "-1"], "kl_prefix_tokens must be at least 0, got -1"),
+    "kl_prefix_scale-negative": (
+        [*TRAIN, "--kl_prefix_scale", "-2"],
+        "kl_prefix_scale must be a finite number >= 0, got -2.0",
+    ),
     "learning_rate-negative": (
         [*TRAIN, "--learning_rate", "-0.001"],
         "learning_rate must be a finite number >= 0, got -0.001",

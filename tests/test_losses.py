@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tether.losses import ResponseLoss, auto_chunk_size, token_kl, token_nll
+from tether.losses import ResponseLoss, auto_chunk_size, prefix_kl_weights, response_depth, token_kl, token_nll
 
 
 def test_kl_by_hand():
@@ -87,3 +87,15 @@ def test_auto_chunk_size():
     """24 MiB of float32 logits: 128 positions for SmolLM2's 49,152-token vocabulary."""
     assert auto_chunk_size(49152) == 128
     assert auto_chunk_size(10**7) == 16
+
+
+def test_response_depth_counts_from_each_examples_first_response_token():
+    rows = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3])
+    assert response_depth(rows).tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3]
+    assert response_depth(rows[:0]).tolist() == []
+
+
+def test_prefix_kl_weights_scale_only_the_first_tokens():
+    rows = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    assert prefix_kl_weights(rows, 2, 5.0).tolist() == [5.0, 5.0, 1.0, 5.0, 5.0, 1.0, 1.0]
+    assert prefix_kl_weights(rows, 0, 5.0).tolist() == [1.0] * 7

@@ -4,7 +4,9 @@ from peft import LoraConfig
 
 from tests.conftest import make_config, make_trainer
 from tether.errors import TetherInputError
+from tether.losses import prefix_kl_weights
 from tether.modeling import build_tiny_model
+from tether.trainer.tether_trainer import ResponsePositions
 
 
 def one_batch(trainer, n=4):
@@ -142,3 +144,23 @@ def test_label_critic_refuses_unlabelled_examples(tiny_model, tokenizer, rows, t
     trainer = make_trainer(tiny_model, tokenizer, unlabelled, make_config(tmp_path, critic="label"))
     with pytest.raises(TetherInputError, match="1 example"):
         trainer.compute_loss(trainer.model, one_batch(trainer, n=2))
+
+
+def test_depth_aware_kl_weights_the_first_response_tokens(tiny_model, tokenizer, rows, tmp_path):
+    """With the first 2 response tokens at 10× the KL weight, the loss is the plain per-token sum with those tokens'
+    KL terms weighted 10×: recomputed here from the per-token NLL and KL the loss reports."""
+    config = make_config(tmp_path, regularizer="fixed", beta=0.5, kl_prefix_tokens=2, kl_prefix_scale=10.0)
+    trainer = make_trainer(tiny_model, tokenizer, rows[-6:], config)
+    for param in lora_params(trainer.model).values():  # move the adapter so that the KL is not zero
+        param.data.normal_(0, 0.05)
+    batch = one_batch(trainer)
+    positions = ResponsePositions.of(batch)
+    reference = trainer.reference_pass(batch, positions)
+    beta = torch.full((4,), 0.5)
+    _, nll, kl = trainer.response_loss(trainer.model, batch, positions, reference, 1 - beta, beta, None)
+    weights = prefix_kl_weights(positions.rows, 2, 10.0)
+    assert weights.max() == 10.0 and weights.min() == 1.0
+    expected = ((0.5 * nll + 0.5 * weights * kl).sum() / nll.numel()).item()
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert expected > ((0.5 * nll + 0.5 * kl).sum() / nll.numel()).item()  # the prefix weight mattered

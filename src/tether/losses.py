@@ -40,6 +40,25 @@ def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, direction: str = "forwa
     raise ValueError(f"kl_direction must be 'forward' or 'reverse', got {direction!r}")
 
 
+def response_depth(rows: torch.Tensor) -> torch.Tensor:
+    """The index of each response position within its example's response. rows (N,) example index of each position,
+    sorted (as `nonzero` returns them) -> (N,): 0 at each example's first response token, 1 at its second, ..."""
+    starts = torch.ones_like(rows, dtype=torch.bool)  # (N,): where a new example's positions begin
+    starts[1:] = rows[1:] != rows[:-1]
+    index = torch.arange(rows.numel(), device=rows.device)  # (N,)
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(0).values  # (N,): index of the row's first
+    return index - first
+
+
+def prefix_kl_weights(rows: torch.Tensor, prefix_tokens: int, prefix_scale: float) -> torch.Tensor:
+    """Per-position multipliers of the KL weight: `prefix_scale` on each example's first `prefix_tokens` response
+    tokens, 1 after them (Qi et al. 2024, arXiv 2406.05946: alignment lives in the first few tokens, so keep those
+    closest to the aligned model). rows (N,) -> (N,) float32."""
+    depth = response_depth(rows)  # (N,)
+    weights = torch.ones(rows.shape, dtype=torch.float32, device=rows.device)
+    return weights.masked_fill_(depth < prefix_tokens, prefix_scale)
+
+
 def auto_chunk_size(vocab_size: int) -> int:
     """Positions per chunk so that one float32 (chunk, V) buffer stays under `DEFAULT_CHUNK_BYTES`."""
     return max(16, DEFAULT_CHUNK_BYTES // (4 * vocab_size))

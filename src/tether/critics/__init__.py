@@ -1,19 +1,20 @@
 """Critic registry: a config string becomes a critic object. Anything that takes a name also takes an instance.
 
 A new critic is one file in this folder (a class with `name`, `needs`, `score`, a `from_config(config)` classmethod,
-and optionally `prepare` / `reference_reads`, see `base.py`) plus one line in `CRITICS`."""
+and optionally `prepare` / `reference_reads` / `use_tokenizer`, see `base.py`) plus one line in `CRITICS`."""
 
 from __future__ import annotations
 
 import importlib
 
-from tether.critics.base import Critic, PreparesRows, ReadsReference
+from tether.critics.base import Critic, PreparesRows, ReadsReference, UsesTokenizer
 
 CRITICS = {
     "constant": "tether.critics.constant:ConstantCritic",
     "judge": "tether.critics.judge:JudgeCritic",
     "label": "tether.critics.label:LabelCritic",
     "probe": "tether.critics.probe:ProbeCritic",
+    "refusal": "tether.critics.refusal:RefusalCritic",
 }
 
 
@@ -40,4 +41,4 @@ def critic_from_config(config, critic: str | Critic | None = None) -> Critic:
     return critic_class(critic).from_config(config)
 
 
-__all__ = ["CRITICS", "Critic", "PreparesRows", "ReadsReference", "critic_from_config", "get_critic"]
+__all__ = ["CRITICS", "Critic", "PreparesRows", "ReadsReference", "UsesTokenizer", "critic_from_config", "get_critic"]

@@ -2,13 +2,16 @@
 
 A critic declares what it needs and the trainer asks; the trainer never looks inside a critic:
 - `needs`: the batch fields `score` reads (`risk`: a column of the data; `reference_features`: states of the
-  reference pass, declared by `reference_reads`);
+  reference pass, declared by `reference_reads`; `reference_first_logprobs`: the reference's log-probabilities
+  (B, V) of each example's first response token, from the LM head of the pass the KL already runs);
 - `prepare(rows)` (optional, `PreparesRows`): runs once over the training rows before the model is loaded, e.g. a judge
   that writes each row's risk; returns the rows and one record per row for `critic_scores.jsonl`, raises
   `TetherInputError` when it cannot; `summary(rows)` says what it did, for `data_summary.json`;
 - `reference_reads(model, tokenizer)` (optional, `ReadsReference`): which hidden states of the reference pass the
   critic reads (layers, positions); the trainer captures them in the pass the KL already runs and puts them in the
-  batch as `reference_features`.
+  batch as `reference_features`;
+- `use_tokenizer(tokenizer)` (optional, `UsesTokenizer`): reads what it needs from the model's tokenizer (token ids)
+  before training, raises `TetherInputError` when it cannot.
 Every change to the risk after `score` (clamp, floor, saturation, EMA) happens in one place: `tether.weights`.
 """
 
@@ -59,3 +62,10 @@ class ReadsReference(Protocol):
     """A critic that reads hidden states of the reference pass; checks that it fits `model` and `tokenizer`."""
 
     def reference_reads(self, model, tokenizer) -> ReferenceReads: ...
+
+
+@runtime_checkable
+class UsesTokenizer(Protocol):
+    """A critic that reads token ids from the model's tokenizer before training."""
+
+    def use_tokenizer(self, tokenizer) -> None: ...

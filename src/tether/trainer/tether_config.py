@@ -51,6 +51,11 @@ class TetherConfig(SFTConfig):
         `forward` KL(π_ref ‖ π_θ) or `reverse` KL(π_θ ‖ π_ref). β values do not transfer between the two.
     kl_scale (`float`, defaults to `1.0`):
         Multiplies the KL term. Set it to the gradient-accumulation steps to mimic the official code's scaling.
+    kl_prefix_tokens (`int`, defaults to `0`), kl_prefix_scale (`float`, defaults to `1.0`):
+        Depth-aware KL: the KL weight of each response's first `kl_prefix_tokens` tokens is multiplied by
+        `kl_prefix_scale` (Qi et al. 2024, arXiv 2406.05946: an aligned model's refusal is decided in the first few
+        response tokens, so a fine-tune that keeps those close to the reference keeps its refusals). Combines with the
+        per-example β; 0 tokens turns it off.
     logits_chunk_size (`int`, defaults to `0`):
         Response positions per LM-head chunk; 0 picks the size that keeps one chunk of float32 logits under 24 MiB.
 
@@ -58,8 +63,9 @@ class TetherConfig(SFTConfig):
 
     critic (`str`, defaults to `"label"`):
         The safety critic of `regularizer: adaptive`: `label` (risk read from the dataset's risk column, an oracle),
-        `probe` (an activation probe on the reference model, `probe_path`), `judge` (an LLM judge, `judge_url`) or
-        `constant` (`critic_value`).
+        `refusal` (the reference's probability of starting its reply with a refusal, read from the KL's reference
+        pass: needs no fitting), `probe` (an activation probe on the reference model, `probe_path`), `judge` (an LLM
+        judge, `judge_url`) or `constant` (`critic_value`).
     critic_value (`float`, defaults to `0.0`):
         The risk given by the `constant` critic.
     probe_path (`str`, *optional*):
@@ -102,6 +108,10 @@ class TetherConfig(SFTConfig):
     granularity: str = field(default="example", metadata={"help": "example or batch."})
     kl_direction: str = field(default="forward", metadata={"help": "forward KL(ref||policy) or reverse."})
     kl_scale: float = field(default=1.0, metadata={"help": "Multiplier of the KL term."})
+    kl_prefix_tokens: int = field(
+        default=0, metadata={"help": "Depth-aware KL: the first N response tokens get kl_prefix_scale x the KL."}
+    )
+    kl_prefix_scale: float = field(default=1.0, metadata={"help": "KL multiplier on the first kl_prefix_tokens."})
     logits_chunk_size: int = field(default=0, metadata={"help": "Response positions per LM-head chunk; 0 = auto."})
     critic: str = field(default="label", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
     critic_value: float = field(default=0.0, metadata={"help": "Risk given by the constant critic."})
@@ -140,11 +150,12 @@ class TetherConfig(SFTConfig):
         check_choice("kl_direction", self.kl_direction, ("forward", "reverse"))
         check_choice("critic", self.critic, tuple(CRITICS))
         check_choice("judge_failure_policy", self.judge_failure_policy, FAILURE_POLICIES)
-        for name in ("kl_scale", "learning_rate"):
+        for name in ("kl_scale", "kl_prefix_scale", "learning_rate"):
             if not 0.0 <= getattr(self, name) < math.inf:
                 raise TetherInputError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         for name, least in (
             ("logits_chunk_size", 0),
+            ("kl_prefix_tokens", 0),
             ("judge_concurrency", 1),
             ("judge_generations_every", 0),
             ("judge_generations_prompts", 1),

@@ -17,11 +17,11 @@ import torch
 from trl import SFTTrainer
 
 from tether.critics import Critic, critic_from_config
-from tether.critics.base import ReadsReference, ReferenceReads
+from tether.critics.base import ReadsReference, ReferenceReads, UsesTokenizer
 from tether.critics.probe import capture_layer_states
 from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
-from tether.losses import ResponseLoss
+from tether.losses import ResponseLoss, prefix_kl_weights, response_depth
 from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
 from tether.run_files import write_text_atomic
 from tether.trainer.callbacks import TetherStateCallback
@@ -53,6 +53,7 @@ class ReferenceOutputs:
     hidden: torch.Tensor  # (N, d): the LM head's input at the response positions
     head: torch.nn.Linear
     features: torch.Tensor | None = None  # the critic's `reference_features`, when it declared reads
+    softcap: float | None = None  # the model's final logit soft-capping, if any
 
 
 class TetherTrainer(SFTTrainer):
@@ -86,6 +87,8 @@ class TetherTrainer(SFTTrainer):
         self.reads: ReferenceReads | None = None  # the reference states the critic reads
         if isinstance(self.critic, ReadsReference):
             self.reads = self.critic.reference_reads(self.model, kwargs["processing_class"])
+        if isinstance(self.critic, UsesTokenizer):
+            self.critic.use_tokenizer(kwargs["processing_class"])
         self.generation_risk: float | None = None  # set by JudgeGenerationsCallback
         self._resumed_at: tuple[int, float] | None = None  # (step, loss sum up to it) of the checkpoint resumed from
         self.add_callback(TetherStateCallback(self))
@@ -122,7 +125,8 @@ class TetherTrainer(SFTTrainer):
         ):
             ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         features = reads.features(states) if reads else None
-        return ReferenceOutputs(reference["hidden"], linear_head(ref_model), features)
+        softcap = getattr(ref_model.config, "final_logit_softcapping", None)
+        return ReferenceOutputs(reference["hidden"], linear_head(ref_model), features, softcap)
 
     def risk(
         self, inputs: dict, reference: ReferenceOutputs | None, positions: ResponsePositions
@@ -133,11 +137,12 @@ class TetherTrainer(SFTTrainer):
             if self.critic is None:
                 scores = torch.zeros(inputs["input_ids"].shape[0], device=positions.rows.device)
             else:
-                batch = (
-                    inputs
-                    if reference is None or reference.features is None
-                    else inputs | {"reference_features": reference.features}
-                )
+                batch = dict(inputs)
+                if reference is not None and reference.features is not None:
+                    batch["reference_features"] = reference.features
+                if "reference_first_logprobs" in self.critic.needs:
+                    n = len(inputs["input_ids"])
+                    batch["reference_first_logprobs"] = first_token_logprobs(reference, positions, n)  # (B, V)
                 scores = self.critic.score(batch)
             scores = self.weights.transform(scores, floor=self.generation_risk)  # (B,)
             return scores, self.accelerator.gather(scores)
@@ -156,7 +161,7 @@ class TetherTrainer(SFTTrainer):
             head.bias,
             positions.targets[rows, cols],  # (N,)
             alpha[rows],  # (N,) per-token weights from per-example ones
-            self.args.kl_scale * beta[rows],
+            self.kl_weights(beta, rows),  # (N,)
             None if reference is None else reference.hidden,
             None if reference is None else reference.head.weight,
             None if reference is None else reference.head.bias,
@@ -169,6 +174,14 @@ class TetherTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the denominator is global already
         return loss, nll, kl
+
+    def kl_weights(self, beta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The KL weight of each response position: kl_scale · β of its example (B,) -> (N,), times `kl_prefix_scale`
+        on each response's first `kl_prefix_tokens` tokens."""
+        weights = self.args.kl_scale * beta[rows]  # (N,)
+        if self.args.kl_prefix_tokens and self.args.kl_prefix_scale != 1.0:
+            weights = weights * prefix_kl_weights(rows, self.args.kl_prefix_tokens, self.args.kl_prefix_scale)
+        return weights
 
     def extra_loss(self, model, mode: str) -> torch.Tensor | float:
         """A baseline's term added to the loss (LISA's proximal term); none here."""
@@ -260,6 +273,18 @@ class TetherTrainer(SFTTrainer):
     def extra_trainer_kwargs(cls, extra_rows: dict, tokenizer, config: TetherConfig) -> dict:
         """Constructor arguments made from `load_extra_rows`' rows once the tokenizer is loaded."""
         return {}
+
+
+def first_token_logprobs(reference: ReferenceOutputs, positions: ResponsePositions, batch_size: int) -> torch.Tensor:
+    """The reference's log-probabilities of each example's first response token, from the LM-head inputs the
+    reference pass captured: (B, V) float32; an example without a response token gets -inf everywhere."""
+    first = response_depth(positions.rows) == 0  # (N,)
+    logits = reference.head(reference.hidden[first]).float()  # (B', V)
+    if reference.softcap is not None:  # Gemma 2's final logit soft-capping, as in the loss
+        logits = reference.softcap * torch.tanh(logits / reference.softcap)
+    out = logits.new_full((batch_size, logits.shape[-1]), -torch.inf)  # (B, V)
+    out[positions.rows[first]] = logits.log_softmax(-1)
+    return out
 
 
 def linear_head(model) -> torch.nn.Linear:

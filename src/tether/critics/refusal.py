@@ -1,0 +1,91 @@
+"""A critic that needs no fitting: the safe reference's own inclination to refuse.
+
+The risk of a training pair is the probability the reference gives to starting its reply with a refusal: the mass of
+its next-token distribution, at the position that predicts the first response token, on the first tokens of refusal
+openings ("I cannot", "I'm sorry", "Sorry", "My apologies", ...). An aligned reference puts much of that mass there
+for a harmful request and little for an ordinary one. It is read from the reference pass that the KL already runs
+(the LM head's input at the response positions), so it costs no forward pass: one (B, d) @ (d, V) product per
+batch. A user with an aligned model needs no probe data, no judge and no calibration set.
+
+The openings are those of the llm-attacks refusal list (`refusal_prefixes.txt` in the data directory, which the
+keyword ASR reads) that begin a reply; their first tokens are found with the model's own chat template, so that a
+tokenizer that marks word starts (SentencePiece's "▁I") gets its own ids.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tether.errors import TetherInputError
+
+# Refusal openings of the llm-attacks list that begin a reply (the list's other entries, "illegal", "unethical",
+# "OpenAI", "Hello!", occur anywhere in a reply).
+REFUSAL_OPENINGS = (
+    "I'm sorry",
+    "I am sorry",
+    "I apologize",
+    "I cannot",
+    "I can't",
+    "I do not",
+    "I'm not able",
+    "I'm just",
+    "I'm an",
+    "Sorry",
+    "My apologies",
+    "As an AI",
+)
+
+
+def refusal_start_ids(tokenizer, openings: tuple[str, ...] = REFUSAL_OPENINGS) -> list[int]:
+    """The distinct ids of the first response token of each opening, as the model's chat template renders a reply
+    that starts with it. Raises `TetherInputError` when none can be found."""
+    from tether.data.chat import tokenize_example
+
+    ids = set()
+    for opening in openings:
+        messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": opening}]
+        try:
+            tokens = tokenize_example(messages, tokenizer, None)
+        except Exception:  # a tokenizer without a usable chat template
+            continue
+        if tokens is None:
+            continue
+        response = tokens["input_ids"][tokens["prompt_length"] :]
+        if response:
+            ids.add(int(response[0]))
+    if not ids:
+        raise TetherInputError(
+            "critic 'refusal' found no refusal-start token with this tokenizer's chat template (it renders no reply "
+            "starting with 'I cannot' or 'Sorry'); choose critic probe, judge or label"
+        )
+    return sorted(ids)
+
+
+def refusal_mass(logprobs: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Probability mass on `token_ids`. logprobs (B, V) log-probabilities of the first response token, token_ids (K,)
+    -> (B,) in [0, 1]."""
+    return logprobs[:, token_ids].logsumexp(-1).exp()
+
+
+class RefusalCritic:
+    """Risk = the reference's probability of starting its reply with a refusal (module docstring)."""
+
+    name = "refusal"
+    needs = frozenset({"reference_first_logprobs"})
+
+    def __init__(self, token_ids: list[int] | None = None):
+        self.token_ids = None if token_ids is None else torch.tensor(token_ids)
+
+    @classmethod
+    def from_config(cls, config) -> RefusalCritic:
+        return cls()
+
+    def use_tokenizer(self, tokenizer) -> None:
+        """Find the refusal-start tokens of this tokenizer (called by the trainer before training)."""
+        self.token_ids = torch.tensor(refusal_start_ids(tokenizer))
+
+    def score(self, batch: dict) -> torch.Tensor:
+        logprobs = batch["reference_first_logprobs"]  # (B, V)
+        if self.token_ids is None:
+            raise RuntimeError("RefusalCritic.use_tokenizer must be called before score")
+        return refusal_mass(logprobs, self.token_ids.to(logprobs.device))  # (B,)
