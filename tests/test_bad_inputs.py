@@ -305,6 +305,26 @@ CASES = {
     # the regularizer and the training loop
     "kl_scale-negative": ([*TRAIN, "--kl_scale", "-1"], "kl_scale must be a finite number >= 0, got -1.0"),
     "kl_scale-inf": ([*TRAIN, "--kl_scale", "inf"], "kl_scale must be a finite number >= 0, got inf"),
+    "risk_calibration-label-critic": (
+        [*TRAIN, "--risk_calibration", "benign.txt"],
+        "risk_calibration needs a critic that scores bare prompts (refusal, probe); critic 'label' does not",
+    ),
+    "risk_calibration-with-saturation": (
+        [*TRAIN, "--critic", "refusal", "--risk_calibration", "benign.txt", "--risk_saturation", "0.4"],
+        "risk_calibration sets risk_saturation from benign prompts; drop one of the two settings",
+    ),
+    "risk_calibration-sft": (
+        [*TRAIN, "--regularizer", "none", "--risk_calibration", "benign.txt"],
+        "risk_calibration needs regularizer adaptive",
+    ),
+    "risk_calibration_quantile-0": (
+        [*TRAIN, "--critic", "refusal", "--risk_calibration", "benign.txt", "--risk_calibration_quantile", "0"],
+        "risk_calibration_quantile must be in (0, 1], got 0.0",
+    ),
+    "risk_calibration-missing": (
+        [*TRAIN, "--critic", "refusal", "--risk_calibration", "nothing.jsonl"],
+        "prompt source not found: nothing.jsonl",
+    ),
     "kl_prefix_tokens-negative": ([*TRAIN, "--kl_prefix_tokens", "-1"], "kl_prefix_tokens must be at least 0, got -1"),
     "kl_prefix_scale-negative": (
         [*TRAIN, "--kl_prefix_scale", "-2"],

@@ -24,9 +24,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tether.baselines import trainer_class_for
 from tether.config import DataArgs, ModelArgs
-from tether.critics import PreparesRows, critic_from_config
+from tether.critics import PreparesRows, ScoresPrompts, critic_from_config
 from tether.data.chat import tokenize_rows
 from tether.data.mixing import mix_harmful
+from tether.data.prompts import load_prompts
 from tether.data.sources import load_examples
 from tether.errors import Interrupted, TetherInputError
 from tether.modeling import load_model_and_tokenizer
@@ -47,6 +48,40 @@ def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
         summary["mixing"] = {"harmful_dataset": data.harmful_dataset, **mixing}
     summary["n_train"] = len(rows)
     return rows, summary
+
+
+def calibration_prompts_for(critic, config: TetherConfig, data_dir: str | None) -> list[list[dict]] | None:
+    """The benign prompts of `risk_calibration`, read and checked before the model is loaded; None without it."""
+    if not config.risk_calibration:
+        return None
+    if not isinstance(critic, ScoresPrompts):
+        raise TetherInputError(
+            f"risk_calibration needs a critic that scores bare prompts (refusal, probe); critic {config.critic!r} "
+            "does not: drop risk_calibration or set risk_saturation by hand"
+        )
+    return load_prompts(config.risk_calibration, data_dir)
+
+
+def calibrate_risk(critic, model, tokenizer, prompts: list[list[dict]], config: TetherConfig) -> dict:
+    """Set `config.risk_saturation` to the `risk_calibration_quantile` of the critic's scores on the benign
+    prompts (scored by the reference); returns what `data_summary.json` records."""
+    import numpy as np
+
+    scores = np.asarray(critic.score_prompts(model, tokenizer, prompts))
+    saturation = float(np.quantile(scores, config.risk_calibration_quantile))
+    if not saturation > 0.0:
+        raise TetherInputError(
+            f"critic {critic.name!r} scores the {config.risk_calibration_quantile} quantile of risk_calibration "
+            f"{config.risk_calibration} at 0, which cannot scale a risk; raise risk_calibration_quantile"
+        )
+    config.risk_saturation = min(saturation, 1.0)
+    return {
+        "set": config.risk_calibration,
+        "n": len(scores),
+        "quantile": config.risk_calibration_quantile,
+        "risk_saturation": config.risk_saturation,
+        "mean": float(scores.mean()),
+    }
 
 
 def run_training(model_args: ModelArgs, data_args: DataArgs, config: TetherConfig) -> Path:
@@ -79,6 +114,7 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
         except JudgeFailure as error:
             raise TetherInputError(f"{critic.name} critic: {error}") from None
         summary[critic.name] = critic.summary(rows)
+    calibration_prompts = calibration_prompts_for(critic, config, data_args.data_dir)
     unlabelled = sum("risk" not in row for row in rows)
     if critic is not None and "risk" in critic.needs and unlabelled:
         raise TetherInputError(
@@ -101,6 +137,8 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
         )
         if model_args.use_peft:
             check_lora_targets(model, model_args.lora_target_modules)
+        if calibration_prompts is not None:  # the model is still the reference: no adapter, no step taken
+            summary["risk_calibration"] = calibrate_risk(critic, model, tokenizer, calibration_prompts, config)
         dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
         extra_kwargs = trainer_class.extra_trainer_kwargs(extra_rows, tokenizer, config)
         trainer = trainer_class(

@@ -409,3 +409,16 @@ def test_best_candidate_respects_the_flagged_share_limit():
         best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged={"hard": 0.01})
     with pytest.raises(TetherInputError, match="'other', which is not a validation benign set"):
         best_candidate(candidates, ["h"], ["easy", "hard"], max_flagged={"other": 0.1})
+
+
+def test_score_prompts_equals_the_in_training_risk(tiny_probe, tiny_model, tokenizer, rows, tmp_path):
+    """What `risk_calibration` reads (`score_prompts`, bare prompts) is the probe's score of those prompts; a probe of
+    the response position is refused."""
+    tiny_probe.save(tmp_path / "probe")
+    critic = ProbeCritic(tmp_path / "probe")
+    prompts = prompts_of([rows[0], rows[-1], rows[7]])
+    expected = tiny_probe.score(prompt_features(tiny_model, tokenizer, prompts, LAYERS)).tolist()
+    assert critic.score_prompts(tiny_model, tokenizer, prompts) == pytest.approx(expected, rel=1e-5)
+    critic.position = "response"
+    with pytest.raises(TetherInputError, match="calibrate with a prompt probe"):
+        critic.score_prompts(tiny_model, tokenizer, prompts)

@@ -3,7 +3,7 @@ import torch
 
 from tests.conftest import make_config, make_trainer
 from tether.critics import critic_from_config
-from tether.critics.refusal import RefusalCritic, refusal_mass, refusal_start_ids
+from tether.critics.refusal import RefusalCritic, refusal_mass, refusal_scores, refusal_start_ids
 from tether.data.chat import tokenize_example
 from tether.errors import TetherInputError
 
@@ -50,6 +50,8 @@ def test_risk_is_the_references_first_token_refusal_mass(tiny_model, tokenizer, 
             logprobs = reference(input_ids=prompt).logits[:, -1].float().log_softmax(-1)  # (1, V)
             expected.append(refusal_mass(logprobs, trainer.critic.token_ids).item())
     assert scores.tolist() == pytest.approx(expected, rel=1e-4)
+    prompts = [rows[i]["messages"][:-1] for i in range(4)]  # the adapter is fresh: the policy is the reference
+    assert refusal_scores(trainer.model, tokenizer, prompts, batch_size=3) == pytest.approx(expected, rel=1e-4)
     assert len(set(round(x, 6) for x in expected)) > 1  # the prompts differ, so do their risks
 
 
@@ -63,3 +65,27 @@ def test_refusal_critic_trains(tiny_model, tokenizer, rows, tmp_path):
 
 def test_from_config():
     assert isinstance(critic_from_config(type("C", (), {"critic": "refusal"})()), RefusalCritic)
+
+
+def test_risk_calibration_sets_the_saturation_from_benign_prompts(tmp_path):
+    """`tether train --critic refusal --risk_calibration FILE`: risk_saturation becomes the 0.5 quantile of the
+    reference's refusal mass on the file's prompts, recorded in data_summary.json, and the run trains with it."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from tether.cli import main
+    from tether.modeling import load_model_and_tokenizer
+
+    prompts = ["add 1 and 2", "name a colour", "write a short poem about the sea", "what is the capital of France"]
+    (tmp_path / "benign.txt").write_text("\n".join(prompts) + "\n")
+    tiny = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
+    argv = ["train", "--config", tiny, "--output_dir", str(tmp_path / "run"), "--max_steps", "1", "--critic", "refusal"]
+    argv += ["--risk_calibration", str(tmp_path / "benign.txt"), "--risk_calibration_quantile", "0.5"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "run" / "data_summary.json").read_text())["risk_calibration"]
+    model, tokenizer = load_model_and_tokenizer("tiny-llama")
+    scores = refusal_scores(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts])
+    assert summary["n"] == 4 and summary["quantile"] == 0.5
+    assert summary["risk_saturation"] == pytest.approx(float(np.quantile(scores, 0.5)), rel=1e-5)

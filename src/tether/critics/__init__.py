@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from tether.critics.base import Critic, PreparesRows, ReadsReference, UsesTokenizer
+from tether.critics.base import Critic, PreparesRows, ReadsReference, ScoresPrompts, UsesTokenizer
 
 CRITICS = {
     "constant": "tether.critics.constant:ConstantCritic",
@@ -41,4 +41,13 @@ def critic_from_config(config, critic: str | Critic | None = None) -> Critic:
     return critic_class(critic).from_config(config)
 
 
-__all__ = ["CRITICS", "Critic", "PreparesRows", "ReadsReference", "UsesTokenizer", "critic_from_config", "get_critic"]
+__all__ = [
+    "CRITICS",
+    "Critic",
+    "PreparesRows",
+    "ReadsReference",
+    "ScoresPrompts",
+    "UsesTokenizer",
+    "critic_from_config",
+    "get_critic",
+]

@@ -11,7 +11,9 @@ A critic declares what it needs and the trainer asks; the trainer never looks in
   critic reads (layers, positions); the trainer captures them in the pass the KL already runs and puts them in the
   batch as `reference_features`;
 - `use_tokenizer(tokenizer)` (optional, `UsesTokenizer`): reads what it needs from the model's tokenizer (token ids)
-  before training, raises `TetherInputError` when it cannot.
+  before training, raises `TetherInputError` when it cannot;
+- `score_prompts(model, tokenizer, prompts)` (optional, `ScoresPrompts`): the risk of bare prompts under the
+  reference, as training would score them: what `risk_calibration` places the risk scale with.
 Every change to the risk after `score` (clamp, floor, saturation, EMA) happens in one place: `tether.weights`.
 """
 
@@ -69,3 +71,10 @@ class UsesTokenizer(Protocol):
     """A critic that reads token ids from the model's tokenizer before training."""
 
     def use_tokenizer(self, tokenizer) -> None: ...
+
+
+@runtime_checkable
+class ScoresPrompts(Protocol):
+    """A critic that can score prompts (chat messages ending with the user turn) with the reference model alone."""
+
+    def score_prompts(self, model, tokenizer, prompts: list[list[dict]]) -> list[float]: ...

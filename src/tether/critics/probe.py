@@ -617,5 +617,15 @@ class ProbeCritic:
         span = template_span(tokenizer) if self.tokens == "template" else 1
         return ProbeReads(list(self.layers), self.position, self.tokens, span)
 
+    def score_prompts(self, model, tokenizer, prompts: list[list[dict]]) -> list[float]:
+        """The probe's risk of bare prompts; a probe that reads response tokens cannot score them."""
+        if self.position != "prompt":
+            raise TetherInputError(
+                f"this probe reads the {self.position} position, which bare prompts lack; calibrate with a prompt probe"
+            )
+        self.reference_reads(model, tokenizer)  # the probe must fit this model
+        features = prompt_features(model, tokenizer, prompts, list(self.layers), tokens=self.tokens, desc="calibration")
+        return self.probe.score(features).tolist()
+
     def score(self, batch: dict) -> torch.Tensor:
         return self.probe.score(batch["reference_features"])  # (B,)

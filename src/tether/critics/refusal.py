@@ -84,8 +84,41 @@ class RefusalCritic:
         """Find the refusal-start tokens of this tokenizer (called by the trainer before training)."""
         self.token_ids = torch.tensor(refusal_start_ids(tokenizer))
 
+    def score_prompts(self, model, tokenizer, prompts: list[list[dict]]) -> list[float]:
+        return refusal_scores(model, tokenizer, prompts)
+
     def score(self, batch: dict) -> torch.Tensor:
         logprobs = batch["reference_first_logprobs"]  # (B, V)
         if self.token_ids is None:
             raise RuntimeError("RefusalCritic.use_tokenizer must be called before score")
         return refusal_mass(logprobs, self.token_ids.to(logprobs.device))  # (B,)
+
+
+def refusal_scores(model, tokenizer, prompts: list[list[dict]], batch_size: int = 16) -> list[float]:
+    """The critic's risk of each prompt (chat messages ending with the user turn) read by a forward of `model`
+    alone, as the trainer reads it from the reference pass: the refusal mass of the first-response-token
+    distribution. For measuring the critic (AUROC) and scoring data outside training."""
+    from tether.data.chat import chat_ids, pad_token_ids
+    from tether.modeling import capture_head_inputs
+
+    token_ids = torch.tensor(refusal_start_ids(tokenizer))
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    scores: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [
+            chat_ids(tokenizer, messages, add_generation_prompt=True)
+            for messages in prompts[start : start + batch_size]
+        ]
+        input_ids, attention_mask = pad_token_ids(ids, tokenizer.pad_token_id, "right")  # (B, T), (B, T)
+        rows = torch.arange(len(ids))
+        cols = torch.tensor([len(x) - 1 for x in ids])  # the last prompt token predicts the first response token
+        with torch.no_grad():
+            with capture_head_inputs(model, rows, cols) as captured:
+                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+            logits = head(captured["hidden"]).float()  # (B, V)
+            if softcap is not None:
+                logits = softcap * torch.tanh(logits / softcap)
+        scores += refusal_mass(logits.log_softmax(-1), token_ids.to(logits.device)).tolist()
+    return scores

@@ -20,8 +20,8 @@ IGNORE_INDEX = -100
 
 def tokenize_example(messages: list[dict], tokenizer, max_length: int | None) -> dict | None:
     """One chat example -> `input_ids`, `labels`, `prompt_length`; None if the prompt leaves no room for a response."""
-    prompt_ids = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
-    full_ids = _chat_ids(tokenizer, messages, add_generation_prompt=False)
+    prompt_ids = chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    full_ids = chat_ids(tokenizer, messages, add_generation_prompt=False)
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise TetherInputError(
             "the chat template renders the prompt differently alone and with its response, so response tokens "
@@ -35,7 +35,7 @@ def tokenize_example(messages: list[dict], tokenizer, max_length: int | None) ->
     return {"input_ids": full_ids, "labels": labels, "prompt_length": len(prompt_ids)}
 
 
-def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
     encoded = tokenizer.apply_chat_template(
         messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
     )

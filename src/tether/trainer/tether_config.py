@@ -42,6 +42,12 @@ class TetherConfig(SFTConfig):
         A critic's risk at or above this value counts as fully risky: s ← min(1, s / risk_saturation). For a
         critic whose scores are ranked well but run low on the data at hand (a probe's calibrated P(harmful) on
         prompts unlike its fit set); set it from benign data, e.g. the critic's 95th percentile on the benign task.
+    risk_calibration (`str`, *optional*), risk_calibration_quantile (`float`, defaults to `0.9`):
+        Places the risk scale from benign prompts instead of a hand-set `risk_saturation`: before training the critic
+        scores this benign prompt set (a named set such as `alpaca:~200`, or a file) with the reference, and
+        `risk_saturation` becomes that quantile of its scores (written to `data_summary.json`). For a critic that
+        ranks well but runs low on prompts unlike its fit sets. Needs a critic that scores bare prompts (`refusal`,
+        a prompt `probe`); choose a set disjoint from the prompts you evaluate on.
     risk_ema (`float`, defaults to `0.0`):
         λ of an EMA on the risk, updated once per micro-batch; 0 disables it, 0.9 is a sensible value.
     granularity (`str`, defaults to `"example"`):
@@ -104,6 +110,12 @@ class TetherConfig(SFTConfig):
     risk_ema: float = field(default=0.0, metadata={"help": "EMA lambda on the risk; 0 disables it."})
     risk_saturation: float = field(
         default=1.0, metadata={"help": "Risk at or above this counts as 1: s <- min(1, s / risk_saturation)."}
+    )
+    risk_calibration: str | None = field(
+        default=None, metadata={"help": "Benign prompt set whose critic-score quantile sets risk_saturation."}
+    )
+    risk_calibration_quantile: float = field(
+        default=0.9, metadata={"help": "Quantile of the benign scores that becomes risk_saturation."}
     )
     granularity: str = field(default="example", metadata={"help": "example or batch."})
     kl_direction: str = field(default="forward", metadata={"help": "forward KL(ref||policy) or reverse."})
@@ -193,6 +205,14 @@ class TetherConfig(SFTConfig):
             raise TetherInputError("critic 'judge' needs judge_url and judge_model (an OpenAI-compatible server)")
         if not 0.0 < self.risk_saturation <= 1.0:
             raise TetherInputError(f"risk_saturation must be in (0, 1], got {self.risk_saturation}")
+        if not 0.0 < self.risk_calibration_quantile <= 1.0:
+            raise TetherInputError(f"risk_calibration_quantile must be in (0, 1], got {self.risk_calibration_quantile}")
+        if self.risk_calibration and self.risk_saturation != 1.0:
+            raise TetherInputError(
+                "risk_calibration sets risk_saturation from benign prompts; drop one of the two settings"
+            )
+        if self.risk_calibration and self.regularizer != "adaptive":
+            raise TetherInputError("risk_calibration needs regularizer adaptive (it scales a critic's risk)")
         if not 0.0 <= self.risk_ema < 1.0:
             raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")
         if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
