@@ -114,6 +114,13 @@ BENCH_CASES = {
     "bench-probe-layer--1": (lambda raw: raw["probe"].update(layers=[-1]), "each layer must be a number at least 0"),
     "bench-probe-C-0": (lambda raw: raw["probe"].update(C=0), "probe: C must be a positive number"),
     "bench-probe-pooling": (lambda raw: raw["probe"].update(pooling="median"), "probe: pooling must be one of"),
+    "bench-canary-overlaps-eval": (
+        lambda raw: (
+            raw.update(data_dir="data"),
+            raw["methods"][0]["train"].update(regularizer="fixed", canary_prompts="harmbench:~3"),
+        ),
+        "canary_prompts harmbench:~3 shares",
+    ),
 }
 
 
@@ -323,6 +330,30 @@ CASES = {
     ),
     "risk_calibration-missing": (
         [*TRAIN, "--critic", "refusal", "--risk_calibration", "nothing.jsonl"],
+        "prompt source not found: nothing.jsonl",
+    ),
+    "canary-sft": (
+        [*TRAIN, "--regularizer", "none", "--canary_prompts", "benign.txt"],
+        "canary_prompts raises the KL weight; it needs regularizer fixed or adaptive",
+    ),
+    "canary_every-0": (
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_every", "0"],
+        "canary_every must be at least 1, got 0",
+    ),
+    "canary_tolerance-1": (
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_tolerance", "1"],
+        "canary_tolerance must be in [0, 1), got 1.0",
+    ),
+    "canary_gain-1": (
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_gain", "1"],
+        "canary_gain must be a finite number > 1, got 1.0",
+    ),
+    "canary_max_multiplier-0.5": (
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_max_multiplier", "0.5"],
+        "canary_max_multiplier must be a finite number >= 1, got 0.5",
+    ),
+    "canary-missing": (
+        [*TRAIN, "--canary_prompts", "nothing.jsonl"],
         "prompt source not found: nothing.jsonl",
     ),
     "kl_prefix_tokens-negative": ([*TRAIN, "--kl_prefix_tokens", "-1"], "kl_prefix_tokens must be at least 0, got -1"),

@@ -78,7 +78,7 @@ def final_results(run: Path) -> tuple[list[int], dict, dict]:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [line["step"] for line in lines if "loss" in line]
     last = [line for line in lines if "loss/nll" in line][-1]
-    keys = ["loss/nll", "loss/kl", "weights/beta_mean", "critic/risk_mean", "lisa/proximal"]
+    keys = ["loss/nll", "loss/kl", "weights/beta_mean", "critic/risk_mean", "lisa/proximal", "canary/kl_multiplier"]
     values = {k: last[k] for k in keys if k in last} | {"train_loss": lines[-1]["train_loss"]}
     return steps, values, load_file(run / "adapter" / "adapter_model.safetensors")
 
@@ -94,8 +94,13 @@ def assert_same_results(resumed: Path, reference: Path) -> None:
     assert max((adapter[k] - ref_adapter[k]).abs().max().item() for k in adapter) <= 1e-4
 
 
-@pytest.mark.parametrize("extra", [[], ["--risk_ema", "0.9"]], ids=["default", "risk_ema"])
+CANARY = ["--canary_prompts", "{tmp}/canary.txt", "--canary_every", "1", "--canary_tolerance", "0"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--risk_ema", "0.9"], CANARY], ids=["default", "risk_ema", "canary"])
 def test_a_killed_run_resumes_to_the_uninterrupted_result(extra, tmp_path, capsys):
+    (tmp_path / "canary.txt").write_text("placeholder request one\nplaceholder request two\n")
+    extra = [a.format(tmp=tmp_path) for a in extra]
     assert train(train_argv(tmp_path / "reference", *extra), capsys)[0] == 0
     run = tmp_path / "run"
     interrupt_after_first_checkpoint(run, *extra)

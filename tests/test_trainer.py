@@ -164,3 +164,37 @@ def test_depth_aware_kl_weights_the_first_response_tokens(tiny_model, tokenizer,
     loss = trainer.compute_loss(trainer.model, batch)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert expected > ((0.5 * nll + 0.5 * kl).sum() / nll.numel()).item()  # the prefix weight mattered
+
+
+def test_canary_callback_measures_the_refusal_and_scales_the_kl(tiny_model, tokenizer, rows, tmp_path):
+    """The reference's canary refusal mass is measured once, the policy's every step; a tolerance of 0 turns any fall
+    into a doubled KL weight, which the next loss uses."""
+    from tether.critics.refusal import refusal_scores
+    from tether.trainer import CanaryCallback
+    from tether.weights import CanaryController
+
+    canary = [[{"role": "user", "content": "placeholder request one"}], [{"role": "user", "content": "two"}]]
+    config = make_config(tmp_path, canary_prompts="canary.txt", canary_every=1, canary_tolerance=0.0, max_steps=3)
+    trainer = make_trainer(tiny_model, tokenizer, rows, config)
+    callback = CanaryCallback(trainer, canary, every=1)
+    trainer.add_callback(callback)
+    with trainer.reference.active() as reference:
+        expected_reference = sum(refusal_scores(reference, tokenizer, canary)) / 2
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "canary/kl_multiplier" in log]
+    assert len(logs) == 3
+    assert all(log["canary/reference_mass"] == pytest.approx(expected_reference) for log in logs)
+    replay = CanaryController(tolerance=0.0, gain=2.0, max_multiplier=64.0)
+    for log in logs:  # each step's multiplier is the controller's answer to that step's measured masses
+        assert log["canary/kl_multiplier"] == replay.update(log["canary/reference_mass"], log["canary/refusal_mass"])
+    assert len({log["canary/refusal_mass"] for log in logs}) > 1  # the policy moved
+    assert trainer.kl_multiplier == logs[-1]["canary/kl_multiplier"]
+    trainer.kl_multiplier = 4.0
+    beta = torch.full((4,), 0.5)
+    rows_index = torch.tensor([0, 0, 1, 2, 3])
+    assert trainer.kl_weights(beta, rows_index).tolist() == [2.0] * 5  # kl_scale 1 · 4 · 0.5
+
+
+def test_canary_needs_a_kl_term(tmp_path):
+    with pytest.raises(TetherInputError, match="canary_prompts raises the KL weight"):
+        make_config(tmp_path, regularizer="none", canary_prompts="c.txt")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tether.weights import FixedWeights, RiskWeights
+from tether.weights import CanaryController, FixedWeights, RiskWeights
 
 
 def test_linear_map_table():
@@ -80,3 +80,15 @@ def test_fixed_weights():
     assert alpha.tolist() == pytest.approx([0.7, 0.7]) and beta.tolist() == pytest.approx([0.3, 0.3])
     alpha, beta = FixedWeights(beta=0.0, alpha_mode="one")(torch.tensor([0.5]))
     assert alpha.tolist() == [1.0] and beta.tolist() == [0.0]
+
+
+def test_canary_controller_raises_holds_and_relaxes_the_kl_multiplier():
+    controller = CanaryController(tolerance=0.2, gain=2.0, max_multiplier=4.0)
+    assert controller.update(0.5, 0.5) == 1.0  # no fall: stays at 1, never below
+    assert controller.update(0.5, 0.3) == 2.0  # fell 40% > 20%: doubles
+    assert controller.update(0.5, 0.3) == 4.0
+    assert controller.update(0.5, 0.1) == 4.0  # the ceiling
+    assert controller.update(0.5, 0.43) == 4.0  # fell 14%: between half the tolerance and the tolerance, holds
+    assert controller.update(0.5, 0.48) == 2.0  # fell 4% < 10%: relaxes
+    assert controller.update(0.5, 0.6) == 1.0
+    assert controller.update(0.0, 0.0) == 1.0  # a reference that never refuses gives no signal

@@ -25,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from tether.baselines import trainer_class_for
 from tether.config import DataArgs, ModelArgs
 from tether.critics import PreparesRows, ScoresPrompts, critic_from_config
+from tether.critics.refusal import refusal_start_ids
 from tether.data.chat import tokenize_rows
 from tether.data.mixing import mix_harmful
 from tether.data.prompts import load_prompts
@@ -32,7 +33,7 @@ from tether.data.sources import load_examples
 from tether.errors import Interrupted, TetherInputError
 from tether.modeling import load_model_and_tokenizer
 from tether.run_files import environment, run_lock, staging_path
-from tether.trainer import JudgeGenerationsCallback, MetricsFileCallback, TetherConfig
+from tether.trainer import CanaryCallback, JudgeGenerationsCallback, MetricsFileCallback, TetherConfig
 from tether.trainer.tether_trainer import TETHER_STATE
 
 
@@ -115,6 +116,7 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
             raise TetherInputError(f"{critic.name} critic: {error}") from None
         summary[critic.name] = critic.summary(rows)
     calibration_prompts = calibration_prompts_for(critic, config, data_args.data_dir)
+    canary_prompts = load_prompts(config.canary_prompts, data_args.data_dir) if config.canary_prompts else None
     unlabelled = sum("risk" not in row for row in rows)
     if critic is not None and "risk" in critic.needs and unlabelled:
         raise TetherInputError(
@@ -137,6 +139,8 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
         )
         if model_args.use_peft:
             check_lora_targets(model, model_args.lora_target_modules)
+        if canary_prompts is not None:
+            refusal_start_ids(tokenizer, user="canary_prompts")  # one line if the template renders no refusal opening
         if calibration_prompts is not None:  # the model is still the reference: no adapter, no step taken
             summary["risk_calibration"] = calibrate_risk(critic, model, tokenizer, calibration_prompts, config)
         dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
@@ -182,6 +186,8 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
                     config.judge_generations_max_new_tokens,
                 )
             )
+        if canary_prompts is not None:
+            trainer.add_callback(CanaryCallback(trainer, canary_prompts, config.canary_every))
         if checkpoint is not None:
             trainer.load_tether_state(checkpoint)
         trainer.accelerator.wait_for_everyone()

@@ -116,3 +116,26 @@ class RiskWeights:
         else:
             alpha = 1 - beta
         return alpha, beta
+
+
+class CanaryController:
+    """Drift control without a judge: a multiplier m ≥ 1 on every row's KL weight, driven by the policy's refusal on a
+    fixed set of harmful canary prompts (`tether.trainer.callbacks.CanaryCallback` measures it).
+
+    At each check, drop = (r_ref − r_policy) / r_ref, the relative fall of the canary refusal mass below the
+    reference's. Above `tolerance` the multiplier grows: m ← min(m · gain, max_multiplier); below half the tolerance
+    it relaxes: m ← max(1, m / gain); in between it holds. `state` (m) is what a checkpoint records.
+    """
+
+    def __init__(self, tolerance: float = 0.1, gain: float = 2.0, max_multiplier: float = 64.0):
+        self.tolerance, self.gain, self.max_multiplier = tolerance, gain, max_multiplier
+        self.state = 1.0
+
+    def update(self, reference_mass: float, policy_mass: float) -> float:
+        """One check: the canary refusal mass of the reference and of the policy -> the new multiplier."""
+        drop = (reference_mass - policy_mass) / max(reference_mass, 1e-8)
+        if drop > self.tolerance:
+            self.state = min(self.state * self.gain, self.max_multiplier)
+        elif drop < self.tolerance / 2:
+            self.state = max(1.0, self.state / self.gain)
+        return self.state

@@ -24,6 +24,8 @@ def test_a_tokenizer_without_a_chat_template_is_refused(tokenizer):
     bare.chat_template = None
     with pytest.raises(TetherInputError, match="critic 'refusal' found no refusal-start token"):
         refusal_start_ids(bare)
+    with pytest.raises(TetherInputError, match="canary_prompts found no refusal-start token.*drop canary_prompts"):
+        refusal_start_ids(bare, user="canary_prompts")
 
 
 def test_refusal_mass_sums_the_probability_of_the_tokens():

@@ -69,6 +69,7 @@ class Bench:
 
     def run_stages(self, scenarios: list[str] | None = None, methods: list[str] | None = None) -> Path:
         self.check_selection(scenarios, methods)
+        check_canaries(self.config)
         self.out.mkdir(parents=True, exist_ok=True)
         self.write_bench_yaml()
         started = time.time()
@@ -311,6 +312,31 @@ class Bench:
         path = self.out / "data" / f"{name}.jsonl"
         write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
         return path
+
+
+def check_canaries(config: BenchConfig) -> None:
+    """Refuse a `canary_prompts` set (drift control) that shares a prompt with an evaluation benchmark: the controller
+    would be trained to hold exactly what is then measured."""
+    canaries = {
+        settings["canary_prompts"]
+        for settings in [config.train, *(s.train for s in config.scenarios), *(m.train for m in config.methods)]
+        if (settings or {}).get("canary_prompts")
+    }
+    if not canaries:
+        return
+    from tether.data.prompts import load_prompts
+    from tether.evaluation.benchmarks import load_benchmark
+
+    benchmarks = [*config.eval.benchmarks, *config.eval.extra_benchmarks]
+    evaluated = {spec: {p[-1]["content"] for p in load_benchmark(spec, config.data_dir).prompts} for spec in benchmarks}
+    for canary in sorted(canaries):
+        texts = {p[-1]["content"] for p in load_prompts(canary, config.data_dir)}
+        for spec, prompts in evaluated.items():
+            if shared := len(texts & prompts):
+                raise TetherInputError(
+                    f"canary_prompts {canary} shares {shared} prompt(s) with evaluation benchmark {spec}; choose a "
+                    "canary set disjoint from every evaluation set (e.g. advbench:~32)"
+                )
 
 
 def reference_rows(sources: dict[str, int], data_dir: str | None, seed: int) -> list[dict]:

@@ -36,9 +36,11 @@ REFUSAL_OPENINGS = (
 )
 
 
-def refusal_start_ids(tokenizer, openings: tuple[str, ...] = REFUSAL_OPENINGS) -> list[int]:
+def refusal_start_ids(
+    tokenizer, openings: tuple[str, ...] = REFUSAL_OPENINGS, user: str = "critic 'refusal'"
+) -> list[int]:
     """The distinct ids of the first response token of each opening, as the model's chat template renders a reply
-    that starts with it. Raises `TetherInputError` when none can be found."""
+    that starts with it. Raises `TetherInputError`, naming `user` (what needs them), when none can be found."""
     from tether.data.chat import tokenize_example
 
     ids = set()
@@ -54,9 +56,10 @@ def refusal_start_ids(tokenizer, openings: tuple[str, ...] = REFUSAL_OPENINGS) -
         if response:
             ids.add(int(response[0]))
     if not ids:
+        fix = "choose critic probe, judge or label" if "critic" in user else f"drop {user}"
         raise TetherInputError(
-            "critic 'refusal' found no refusal-start token with this tokenizer's chat template (it renders no reply "
-            "starting with 'I cannot' or 'Sorry'); choose critic probe, judge or label"
+            f"{user} found no refusal-start token with this tokenizer's chat template (it renders no reply starting "
+            f"with 'I cannot' or 'Sorry'); {fix}"
         )
     return sorted(ids)
 

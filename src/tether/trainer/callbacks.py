@@ -1,9 +1,10 @@
-"""Callbacks of `TetherTrainer` runs: the metrics file of the run directory, tether's state in each checkpoint, and
-the judge's model-state mode."""
+"""Callbacks of `TetherTrainer` runs: the metrics file of the run directory, tether's state in each checkpoint, the
+judge's model-state mode and the canary drift control."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -30,6 +31,46 @@ class JudgeGenerationsCallback(TrainerCallback):
         judged = self.judge.score_pairs([(p[-1]["content"], r) for p, r in zip(self.prompts, replies, strict=True)])
         self.trainer.generation_risk = sum(j.risk for j in judged) / len(judged)
         self.trainer._metrics["train"]["critic/judge/generation_risk"].append(self.trainer.generation_risk)
+
+
+class CanaryCallback(TrainerCallback):
+    """Drift control (`docs/method.md` §4): every `every` optimizer steps, the policy's refusal mass on the canary
+    prompts (the `refusal` critic's measure: the first-response-token probability of a refusal opening, adapter on)
+    against the reference's (adapter off, measured once); `trainer.canary` turns the fall into a multiplier on every
+    row's KL weight, `trainer.kl_multiplier`. Logged as `canary/*`; restored on resume with tether's state."""
+
+    def __init__(self, trainer, prompts: list[list[dict]], every: int):
+        self.trainer, self.prompts, self.every = trainer, prompts, every
+
+    def masses(self, model) -> float:
+        from tether.critics.refusal import refusal_scores
+
+        scores = refusal_scores(model, self.trainer.processing_class, self.prompts, batch_size=32)
+        return sum(scores) / len(scores)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer.canary_reference_mass is None:
+            with self.trainer.reference.active() as reference:
+                self.trainer.canary_reference_mass = self.masses(reference)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every:
+            return
+        start = time.perf_counter()
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        was_training = model.training
+        model.eval()  # no dropout in the measurement
+        try:
+            policy_mass = self.masses(model)
+        finally:
+            model.train(was_training)
+        reference_mass = self.trainer.canary_reference_mass
+        self.trainer.kl_multiplier = self.trainer.canary.update(reference_mass, policy_mass)
+        metrics = self.trainer._metrics["train"]
+        metrics["canary/refusal_mass"].append(policy_mass)
+        metrics["canary/reference_mass"].append(reference_mass)
+        metrics["canary/kl_multiplier"].append(self.trainer.kl_multiplier)
+        metrics["canary/seconds"].append(time.perf_counter() - start)
 
 
 class MetricsFileCallback(TrainerCallback):

@@ -11,7 +11,7 @@ from trl import SFTConfig
 from tether.critics import CRITICS
 from tether.critics.judge import FAILURE_POLICIES, check_judge_url
 from tether.errors import TetherInputError
-from tether.weights import FixedWeights, RiskWeights
+from tether.weights import CanaryController, FixedWeights, RiskWeights
 
 REGULARIZERS = ("none", "fixed", "adaptive")
 
@@ -90,6 +90,19 @@ class TetherConfig(SFTConfig):
         training prompts (seeded sample, greedy), the judge scores those replies, and their mean risk becomes a
         floor on every example's risk until the next check: s_i ← max(s_i, s_gen). 0 turns it off.
 
+    > Parameters that control drift (`docs/method.md` §4)
+
+    canary_prompts (`str`, *optional*):
+        Harmful prompts (a named set such as `advbench:~32`, or a file) that no evaluation uses. Every
+        `canary_every` optimizer steps the policy's refusal mass on them (the probability of a refusal opening as the
+        first response token) is compared with the reference's; when it has fallen by more than `canary_tolerance`
+        (relative), every row's KL weight is multiplied by `canary_gain`, up to `canary_max_multiplier`, and it
+        relaxes by the same factor once the fall is under half the tolerance. Logged as `canary/*` in
+        `metrics.jsonl`; the multiplier is restored on resume.
+    canary_every (`int`, defaults to `10`), canary_tolerance (`float`, defaults to `0.1`), canary_gain (`float`,
+    defaults to `2.0`), canary_max_multiplier (`float`, defaults to `64.0`):
+        The controller's period, tolerated relative fall, step factor and ceiling.
+
     > Parameters that control the run
 
     restart (`bool`, defaults to `False`):
@@ -140,6 +153,13 @@ class TetherConfig(SFTConfig):
     )
     judge_generations_prompts: int = field(default=8, metadata={"help": "Training prompts judged each time."})
     judge_generations_max_new_tokens: int = field(default=64, metadata={"help": "Length of those replies."})
+    canary_prompts: str | None = field(
+        default=None, metadata={"help": "Harmful canary prompts whose refusal drives a KL multiplier (drift control)."}
+    )
+    canary_every: int = field(default=10, metadata={"help": "Optimizer steps between canary checks."})
+    canary_tolerance: float = field(default=0.1, metadata={"help": "Tolerated relative fall of the canary refusal."})
+    canary_gain: float = field(default=2.0, metadata={"help": "Factor of the KL multiplier per check."})
+    canary_max_multiplier: float = field(default=64.0, metadata={"help": "Ceiling of the KL multiplier."})
     restart: bool = field(
         default=False,
         metadata={"help": "Discard a killed run's <output_dir>.incomplete and its checkpoints and start over."},
@@ -213,11 +233,29 @@ class TetherConfig(SFTConfig):
             )
         if self.risk_calibration and self.regularizer != "adaptive":
             raise TetherInputError("risk_calibration needs regularizer adaptive (it scales a critic's risk)")
+        if self.canary_prompts:
+            if self.regularizer == "none":
+                raise TetherInputError("canary_prompts raises the KL weight; it needs regularizer fixed or adaptive")
+            if self.canary_every < 1:
+                raise TetherInputError(f"canary_every must be at least 1, got {self.canary_every}")
+            if not 0.0 <= self.canary_tolerance < 1.0:
+                raise TetherInputError(f"canary_tolerance must be in [0, 1), got {self.canary_tolerance}")
+            if not 1.0 < self.canary_gain < math.inf:
+                raise TetherInputError(f"canary_gain must be a finite number > 1, got {self.canary_gain}")
+            if not 1.0 <= self.canary_max_multiplier < math.inf:
+                raise TetherInputError(
+                    f"canary_max_multiplier must be a finite number >= 1, got {self.canary_max_multiplier}"
+                )
         if not 0.0 <= self.risk_ema < 1.0:
             raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")
         if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
+
+    def make_canary_controller(self) -> CanaryController | None:
+        if not self.canary_prompts:
+            return None
+        return CanaryController(self.canary_tolerance, self.canary_gain, self.canary_max_multiplier)
 
     def make_weights(self) -> FixedWeights | RiskWeights:
         if self.regularizer == "none":

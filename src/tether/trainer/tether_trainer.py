@@ -90,6 +90,9 @@ class TetherTrainer(SFTTrainer):
         if isinstance(self.critic, UsesTokenizer):
             self.critic.use_tokenizer(kwargs["processing_class"])
         self.generation_risk: float | None = None  # set by JudgeGenerationsCallback
+        self.canary = args.make_canary_controller()  # None unless canary_prompts is set
+        self.kl_multiplier = 1.0  # set by CanaryCallback
+        self.canary_reference_mass: float | None = None  # the reference's canary refusal mass, measured once
         self._resumed_at: tuple[int, float] | None = None  # (step, loss sum up to it) of the checkpoint resumed from
         self.add_callback(TetherStateCallback(self))
         self.reference = None
@@ -176,9 +179,9 @@ class TetherTrainer(SFTTrainer):
         return loss, nll, kl
 
     def kl_weights(self, beta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The KL weight of each response position: kl_scale · β of its example (B,) -> (N,), times `kl_prefix_scale`
-        on each response's first `kl_prefix_tokens` tokens."""
-        weights = self.args.kl_scale * beta[rows]  # (N,)
+        """The KL weight of each response position: kl_scale · (the canary controller's multiplier) · β of its
+        example (B,) -> (N,), times `kl_prefix_scale` on each response's first `kl_prefix_tokens` tokens."""
+        weights = self.args.kl_scale * self.kl_multiplier * beta[rows]  # (N,)
         if self.args.kl_prefix_tokens and self.args.kl_prefix_scale != 1.0:
             weights = weights * prefix_kl_weights(rows, self.args.kl_prefix_tokens, self.args.kl_prefix_scale)
         return weights
@@ -235,6 +238,8 @@ class TetherTrainer(SFTTrainer):
             "risk_ema": self.weights.state,
             "generation_risk": self.generation_risk,
             "loss_sum": loss_sum,
+            "kl_multiplier": self.kl_multiplier,
+            "canary_reference_mass": self.canary_reference_mass,
         }
         return values, {}
 
@@ -243,6 +248,10 @@ class TetherTrainer(SFTTrainer):
         self.weights.state = values["risk_ema"]
         self.generation_risk = values["generation_risk"]
         self._resumed_at = (values["global_step"], values["loss_sum"])
+        self.kl_multiplier = values.get("kl_multiplier", 1.0)
+        self.canary_reference_mass = values.get("canary_reference_mass")
+        if self.canary is not None:
+            self.canary.state = self.kl_multiplier
 
     def save_tether_state(self, checkpoint: str | Path) -> None:
         """`tether_state.json` (+ `tether_state.safetensors` for tensors) in the checkpoint folder. The JSON file is
