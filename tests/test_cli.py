@@ -141,3 +141,22 @@ def test_vaccine_run_logs_its_perturbation_and_saves_an_adapter(tmp_path):
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len([s for s in steps if s.get("vaccine/grad_norm", 0) > 0]) == 2
     assert (run / "adapter" / "adapter_config.json").is_file()
+
+
+def test_report_to_tensorboard_writes_tethers_metrics_as_scalars(tmp_path):
+    """`--report_to tensorboard` (transformers' own callback, offline): the risk, β, α, NLL and KL of each step are
+    scalars in the run directory's event file, with the values metrics.jsonl holds."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    argv = ["train", "--config", TINY, "--output_dir", str(run), "--max_steps", "2", "--report_to", "tensorboard"]
+    assert main(argv) == 0
+    (events,) = run.glob("runs/*/events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    for key in ("critic/risk_mean", "weights/beta_mean", "weights/alpha_mean", "loss/nll", "loss/kl"):
+        scalars = accumulator.Scalars(f"train/{key}")
+        assert [s.step for s in scalars] == [1, 2], key
+        assert [s.value for s in scalars] == pytest.approx([entry[key] for entry in logged], rel=1e-6), key
