@@ -37,6 +37,7 @@ def test_console_script_trains_tiny_config(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in run.iterdir()) == [
+        "README.md",
         "adapter",
         "config.yaml",
         "data_summary.json",

@@ -31,6 +31,7 @@ from tether.data.mixing import mix_harmful
 from tether.data.prompts import load_prompts
 from tether.data.sources import load_examples
 from tether.errors import Interrupted, TetherInputError
+from tether.model_card import run_card
 from tether.modeling import load_model_and_tokenizer
 from tether.run_files import environment, run_lock, staging_path
 from tether.trainer import CanaryCallback, JudgeGenerationsCallback, MetricsFileCallback, TetherConfig
@@ -195,7 +196,11 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
         trainer.save_model(str(staging / ("adapter" if model_args.use_peft else "model")))
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(staging / ("adapter" if model_args.use_peft else "model"))
+            weights_dir = staging / ("adapter" if model_args.use_peft else "model")
+            tokenizer.save_pretrained(weights_dir)
+            card = run_card(resolved, summary, environment(), model_args.use_peft)
+            for folder in (staging, weights_dir):  # the run's card; the weights folder is what push_to_hub uploads
+                (folder / "README.md").write_text(card)
             staging.rename(final_dir)
         trainer.accelerator.wait_for_everyone()
     except BaseException as error:

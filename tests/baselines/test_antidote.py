@@ -85,6 +85,8 @@ def test_cli_prunes_a_lora_run_into_a_plain_model(tmp_path, capsys):
     record = json.loads((out / "antidote.json").read_text())
     assert record["ratio"] == 0.2 and record["rows"] == 8 and record["pruned"] > 0
     assert (out / "config.json").is_file() and not (tmp_path / "pruned.incomplete").exists()
+    card = (out / "README.md").read_text()  # the pruned model's card says where it comes from
+    assert f"base_model: {run}" in card and "Antidote: 20.0% of the adapter's weights pruned" in card
     pruned, _ = load_trained(str(out))
     merged, _ = load_trained(str(run))
     changed = [n for n, p in pruned.state_dict().items() if not torch.equal(p, merged.state_dict()[n])]

@@ -40,6 +40,11 @@ def test_every_stage_writes_its_outputs(bench_dir):
     assert len(runs) == 12 and "mix-0.2/a-reg-probe/seed0" in runs
     for run in runs:
         assert (bench_dir / "runs" / run / "metrics.jsonl").is_file()
+        # each run's model card holds its evaluation's numbers
+        results = json.loads((bench_dir / "evals" / "__".join(run.split("/")) / "results.json").read_text())
+        asr = results["benchmarks"]["harmbench"]["metrics"]["keyword_asr"]
+        assert f"| keyword_asr | {asr:.1%} |" in (bench_dir / "runs" / run / "README.md").read_text()
+    assert "merged into its base" in (bench_dir / "reference" / "model" / "README.md").read_text()
     assert not list(bench_dir.rglob("*.incomplete"))
     # Antidote prunes SFT's run (no training of its own) and is evaluated on the pruned model
     for scenario in ("pure", "mix-0.2", "mix-0.34"):

@@ -131,6 +131,7 @@ def antidote_to_dir(
     `antidote.json` (these arguments and the counts); returns `out`. Bad input raises a one-line `TetherInputError`
     before the model is loaded; `out` appears only when complete."""
     from tether.data.sources import load_examples
+    from tether.model_card import derived_card
     from tether.modeling import check_trained_files, load_trained, save_model_dir
 
     check_ratio(ratio)
@@ -151,7 +152,9 @@ def antidote_to_dir(
     if hasattr(pruned, "merge_and_unload"):  # a LoRA run: the pruned adapter joins the base weights
         pruned = pruned.merge_and_unload()
     record = {"model": str(model), "data": list(data), "limit": limit, "ratio": ratio, **summary}
-    save_model_dir(pruned, tokenizer, out, {"antidote.json": json.dumps(record, indent=1)})
+    how = f"Antidote: {ratio:.1%} of the adapter's weights pruned by |W|·‖X‖ on {limit} rows of {', '.join(data)}"
+    card = derived_card(Path(out).name, str(model), how, {"pruned": summary["pruned"], "of": summary["total"]})
+    save_model_dir(pruned, tokenizer, out, {"antidote.json": json.dumps(record, indent=1), "README.md": card})
     share = summary["pruned"] / summary["total"]
     print(
         f"pruned {summary['pruned']:,} of {summary['total']:,} weights ({share:.1%}) in {len(summary['layers'])} "

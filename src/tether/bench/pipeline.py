@@ -387,9 +387,11 @@ def scenario_rows(scenario: Scenario, data_dir: str | None, seed: int) -> list[d
 
 def merge_run(run_dir: Path, final: Path) -> None:
     """A LoRA run's adapter merged into its base and saved as a plain model directory, atomically."""
+    from tether.model_card import derived_card
     from tether.modeling import load_trained, save_model_dir
 
-    save_model_dir(*load_trained(str(run_dir)), final)
+    card = derived_card(final.name, str(run_dir), "The LoRA adapter merged into its base weights", {})
+    save_model_dir(*load_trained(str(run_dir)), final, {"README.md": card})
 
 
 def _as_dict(config: BenchConfig) -> dict:

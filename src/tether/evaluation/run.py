@@ -6,6 +6,7 @@ Load the benchmarks and the judge, check everything the user passed, then load t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from tether.errors import TetherInputError
@@ -134,4 +135,11 @@ def evaluate_to_dir(
     )
     with atomic_dir(out) as staging:
         write_results(results, staging)
+    if Path(model).is_dir():  # a tether run or model directory: its model card gets the numbers
+        from tether.model_card import add_evaluation
+
+        try:
+            add_evaluation(model, results)
+        except OSError as error:  # a read-only model directory keeps its card; the results are written
+            print(f"tether: the model card in {model} was not updated: {error}", file=sys.stderr)
     return out
