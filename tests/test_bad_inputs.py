@@ -356,6 +356,14 @@ CASES = {
         [*TRAIN, "--canary_prompts", "nothing.jsonl"],
         "prompt source not found: nothing.jsonl",
     ),
+    "constrained_sft-adaptive": (
+        [*TRAIN, "--constrained_sft", "true"],
+        "constrained_sft replaces the loss; it needs regularizer none, got 'adaptive'",
+    ),
+    "constrained_sft_beta-0": (
+        [*TRAIN, "--regularizer", "none", "--constrained_sft", "true", "--constrained_sft_beta", "0"],
+        "constrained_sft_beta must be a positive number, got 0.0",
+    ),
     "kl_prefix_tokens-negative": ([*TRAIN, "--kl_prefix_tokens", "-1"], "kl_prefix_tokens must be at least 0, got -1"),
     "kl_prefix_scale-negative": (
         [*TRAIN, "--kl_prefix_scale", "-2"],

@@ -40,6 +40,26 @@ def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, direction: str = "forwa
     raise ValueError(f"kl_direction must be 'forward' or 'reverse', got {direction!r}")
 
 
+@torch.no_grad()
+def target_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_size: int = 0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """log p(target) of each position through a linear LM head, chunked, without gradient. hidden (N, d), weight
+    (V, d), targets (N,) -> (N,) float32."""
+    chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
+    out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        logp, _ = _log_softmax_logits(hidden[rows], weight, bias, softcap)  # (n, V)
+        out[rows] = logp.gather(1, targets[rows, None]).squeeze(1)
+    return out
+
+
 def response_depth(rows: torch.Tensor) -> torch.Tensor:
     """The index of each response position within its example's response. rows (N,) example index of each position,
     sorted (as `nonzero` returns them) -> (N,): 0 at each example's first response token, 1 at its second, ..."""

@@ -74,7 +74,7 @@ class TetherTrainer(SFTTrainer):
         if uses_peft and ref_model is not None:
             raise TetherInputError("under LoRA the reference is the adapter-disabled model; do not pass ref_model")
         frozen_copy = None
-        if args.regularizer != "none" and not uses_peft:
+        if self.uses_reference(args) and not uses_peft:
             # Copied before SFTTrainer patches `model.forward`: a copy made after would call the original's forward.
             frozen_copy = FrozenCopyReference(model if ref_model is None else ref_model)
         super().__init__(model=model, args=args, **kwargs)
@@ -96,10 +96,15 @@ class TetherTrainer(SFTTrainer):
         self._resumed_at: tuple[int, float] | None = None  # (step, loss sum up to it) of the checkpoint resumed from
         self.add_callback(TetherStateCallback(self))
         self.reference = None
-        if args.regularizer != "none":
+        if self.uses_reference(args):
             self.reference = frozen_copy or AdapterDisabledReference(self.model)
         if frozen_copy is not None:
             frozen_copy.model.to(self.accelerator.device)
+
+    @classmethod
+    def uses_reference(cls, args: TetherConfig) -> bool:
+        """Whether the loss reads the reference (a KL term); a baseline that reads it otherwise says so."""
+        return args.regularizer != "none"
 
     # ---- the loss, in three steps
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -158,13 +163,14 @@ class TetherTrainer(SFTTrainer):
         with capture_head_inputs(unwrapped, rows, cols) as policy:
             model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         head = linear_head(unwrapped)
+        alpha_tokens, beta_tokens = self.token_weights(policy["hidden"], head, positions, reference, alpha, beta)
         loss_sum, nll, kl = ResponseLoss.apply(
             policy["hidden"],  # (N, d)
             head.weight,
             head.bias,
             positions.targets[rows, cols],  # (N,)
-            alpha[rows],  # (N,) per-token weights from per-example ones
-            self.kl_weights(beta, rows),  # (N,)
+            alpha_tokens,  # (N,)
+            beta_tokens,  # (N,)
             None if reference is None else reference.hidden,
             None if reference is None else reference.head.weight,
             None if reference is None else reference.head.bias,
@@ -177,6 +183,11 @@ class TetherTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the denominator is global already
         return loss, nll, kl
+
+    def token_weights(self, hidden, head, positions, reference, alpha, beta) -> tuple[torch.Tensor, torch.Tensor]:
+        """The NLL and KL weight of each response position (N,), (N,): α of its example, and `kl_weights`. A baseline
+        with per-token weights of its own overrides this (it may read the policy's LM-head inputs `hidden` (N, d))."""
+        return alpha[positions.rows], self.kl_weights(beta, positions.rows)
 
     def kl_weights(self, beta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The KL weight of each response position: kl_scale · (the canary controller's multiplier) · β of its
