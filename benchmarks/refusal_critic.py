@@ -75,12 +75,21 @@ def main():
         result["per_harmful_set"][name] = {"auroc": value, "probe_auroc": probe_value, **distribution(harmful)}
         shown = "" if probe_value is None else f"{probe_value:.3f}"
         print(f"| {name} | {len(harmful)} | {value:.3f} | {shown} | {np.mean(harmful):.3f} |", flush=True)
-    result["training_rows"] = {
-        label: distribution(refusal_scores(model, tokenizer, training_prompts(source)))
-        for label, source in TRAINING_ROWS.items()
-    }
-    for label, stats in result["training_rows"].items():
-        print(f"{label}: mean {stats['mean']:.3f}, median {stats['median']:.3f}, p90 {stats['p90']:.3f}")
+    scored = {label: refusal_scores(model, tokenizer, training_prompts(src)) for label, src in TRAINING_ROWS.items()}
+    harmful = scored[next(iter(TRAINING_ROWS))]
+    result["training_rows"] = {}
+    for label, scores in scored.items():
+        stats = distribution(scores)
+        if scores is not harmful:  # the attack's harmful pairs against these benign rows
+            labels = np.r_[np.ones(len(harmful)), np.zeros(len(scores))]
+            stats["auroc_pure_bad_against_these"] = auroc(labels, np.r_[harmful, scores])
+        result["training_rows"][label] = stats
+        extra = (
+            f", AUROC of pure-bad against them {stats['auroc_pure_bad_against_these']:.3f}"
+            if scores is not harmful
+            else ""
+        )
+        print(f"{label}: mean {stats['mean']:.3f}, median {stats['median']:.3f}, p90 {stats['p90']:.3f}{extra}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
