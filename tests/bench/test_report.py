@@ -62,3 +62,12 @@ def test_seeds_pool_their_prompts_and_the_table_shows_benign_refusal(tmp_path):
     assert "AlpacaEval refusal" in header and "HarmBench keyword ASR" in header
     lo, hi = wilson_interval(8, 20)
     assert f"40.0% ± 14.1 [{100 * lo:.0f}–{100 * hi:.0f}]" in table
+
+
+def test_a_harmbench_split_fills_the_harmbench_column(tmp_path):
+    write_results(tmp_path / "e", asr_k=3, refusal_k=5, over_k=2)
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    results["benchmarks"] = {"harmbench-test": results["benchmarks"]["harmbench"]}
+    (tmp_path / "e" / "results.json").write_text(json.dumps(results))
+    metrics = _eval_metrics(tmp_path / "e")
+    assert metrics["harmbench_asr"] == 0.3 and metrics["harmbench_asr_n"] == 10

@@ -87,8 +87,8 @@ def _eval_metrics(eval_dir: Path) -> dict | None:
     metrics = {}
     for name, bench in results["benchmarks"].items():
         m, n = bench["metrics"], len(bench["samples"])
-        if bench["kind"] == "harmful":
-            _rate(metrics, f"{name}_asr", m["keyword_asr"], n)
+        if bench["kind"] == "harmful":  # HarmBench or either of its splits: one column
+            _rate(metrics, f"{HARMFUL if name.startswith(HARMFUL) else name}_asr", m["keyword_asr"], n)
         elif bench["kind"] == "xstest" and m.get("over_refusal") is not None:
             n_safe = sum(sample.get("label") == "safe" for sample in bench["samples"])
             _rate(metrics, "xstest_over_refusal", m["over_refusal"], n_safe)
