@@ -156,6 +156,7 @@ def test_two_tether_train_processes_on_one_directory(tmp_path):
         )
         assert errors[loser].strip() == expected
         assert sorted(p.name for p in run.iterdir()) == [
+            "README.md",
             "adapter",
             "config.yaml",
             "data_summary.json",
