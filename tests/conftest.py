@@ -13,6 +13,8 @@ from tether.data.sources import tiny_synthetic_examples  # noqa: E402
 from tether.modeling import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from tether.trainer import TetherConfig, TetherTrainer  # noqa: E402
 
+# what a finished LoRA run directory holds
+RUN_DIR_FILES = ["README.md", "adapter", "config.yaml", "data_summary.json", "env.json", "metrics.jsonl"]
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 

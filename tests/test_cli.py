@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import RUN_DIR_FILES
 from tether.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +37,7 @@ def test_console_script_trains_tiny_config(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in run.iterdir()) == [
-        "README.md",
-        "adapter",
-        "config.yaml",
-        "data_summary.json",
-        "env.json",
-        "metrics.jsonl",
-    ]
+    assert sorted(p.name for p in run.iterdir()) == RUN_DIR_FILES
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["training"]["beta_max"] == 0.8  # the CLI flag overrides the YAML

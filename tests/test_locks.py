@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import RUN_DIR_FILES
 from tether.errors import TetherInputError
 from tether.run_files import atomic_dir, lock_path, run_lock, staging_path
 
@@ -155,14 +156,7 @@ def test_two_tether_train_processes_on_one_directory(tmp_path):
             "pass another --output_dir"
         )
         assert errors[loser].strip() == expected
-        assert sorted(p.name for p in run.iterdir()) == [
-            "README.md",
-            "adapter",
-            "config.yaml",
-            "data_summary.json",
-            "env.json",
-            "metrics.jsonl",
-        ]
+        assert sorted(p.name for p in run.iterdir()) == RUN_DIR_FILES
         assert yaml.safe_load((run / "config.yaml").read_text())["training"]["learning_rate"] == float(winner)
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics if "loss" in m] == [1, 2]  # each step once (the last line: the summary)

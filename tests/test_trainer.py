@@ -189,7 +189,7 @@ def test_canary_callback_measures_the_refusal_and_scales_the_kl(tiny_model, toke
         assert log["canary/kl_multiplier"] == replay.update(log["canary/reference_mass"], log["canary/refusal_mass"])
     assert len({log["canary/refusal_mass"] for log in logs}) > 1  # the policy moved
     assert trainer.kl_multiplier == logs[-1]["canary/kl_multiplier"]
-    trainer.kl_multiplier = 4.0
+    trainer.canary.state = 4.0  # the controller's multiplier is the one kl_weights reads
     beta = torch.full((4,), 0.5)
     rows_index = torch.tensor([0, 0, 1, 2, 3])
     assert trainer.kl_weights(beta, rows_index).tolist() == [2.0] * 5  # kl_scale 1 · 4 · 0.5

@@ -55,7 +55,7 @@ def target_logprobs(
     out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        logp, _ = _log_softmax_logits(hidden[rows], weight, bias, softcap)  # (n, V)
+        logp, _ = head_log_softmax(hidden[rows], weight, bias, softcap)  # (n, V)
         out[rows] = logp.gather(1, targets[rows, None]).squeeze(1)
     return out
 
@@ -125,13 +125,13 @@ class ResponseLoss(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             rows = slice(start, start + chunk_size)
             a, b, t = alpha[rows].float()[:, None], beta[rows].float()[:, None], targets[rows]
-            logp, tanh = _log_softmax_logits(hidden[rows], weight, bias, softcap)  # (n, V) each
+            logp, tanh = head_log_softmax(hidden[rows], weight, bias, softcap)  # (n, V) each
             probs = logp.exp()  # (n, V)
             nll[rows] = -logp.gather(1, t[:, None]).squeeze(1)
             if ref_hidden is None:
                 grad_logits = probs.mul_(a)  # α (p − onehot), the onehot below
             else:
-                ref_logp, _ = _log_softmax_logits(ref_hidden[rows], ref_weight, ref_bias, softcap)  # (n, V)
+                ref_logp, _ = head_log_softmax(ref_hidden[rows], ref_weight, ref_bias, softcap)  # (n, V)
                 if kl_direction == "forward":
                     ref_probs = ref_logp.exp()  # (n, V)
                     kl[rows] = _rowdot(ref_probs, ref_logp) - _rowdot(ref_probs, logp)
@@ -161,7 +161,7 @@ class ResponseLoss(torch.autograd.Function):
         return (grad_loss * grad_hidden, grad_weight) + (None,) * 10
 
 
-def _log_softmax_logits(hidden, weight, bias, softcap):
+def head_log_softmax(hidden, weight, bias, softcap):
     """log_softmax of hidden (n, d) @ weight.T (+ bias, softcapped), in float32 -> logp (n, V), tanh (n, V) or None."""
     logits = (hidden @ weight.T).float()  # (n, V)
     if bias is not None:

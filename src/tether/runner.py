@@ -140,8 +140,8 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
         )
         if model_args.use_peft:
             check_lora_targets(model, model_args.lora_target_modules)
-        if canary_prompts is not None:
-            refusal_start_ids(tokenizer, user="canary_prompts")  # one line if the template renders no refusal opening
+        if canary_prompts is not None:  # one line if the template renders no refusal opening
+            canary_ids = refusal_start_ids(tokenizer, user="canary_prompts")
         if calibration_prompts is not None:  # the model is still the reference: no adapter, no step taken
             summary["risk_calibration"] = calibrate_risk(critic, model, tokenizer, calibration_prompts, config)
         dataset, summary["dropped_long_prompts"] = tokenize_rows(rows, tokenizer, config.max_length)
@@ -188,7 +188,7 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
                 )
             )
         if canary_prompts is not None:
-            trainer.add_callback(CanaryCallback(trainer, canary_prompts, config.canary_every))
+            trainer.add_callback(CanaryCallback(trainer, canary_prompts, config.canary_every, canary_ids))
         if checkpoint is not None:
             trainer.load_tether_state(checkpoint)
         trainer.accelerator.wait_for_everyone()

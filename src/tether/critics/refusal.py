@@ -88,7 +88,8 @@ class RefusalCritic:
         self.token_ids = torch.tensor(refusal_start_ids(tokenizer))
 
     def score_prompts(self, model, tokenizer, prompts: list[list[dict]]) -> list[float]:
-        return refusal_scores(model, tokenizer, prompts)
+        token_ids = None if self.token_ids is None else self.token_ids.tolist()
+        return refusal_scores(model, tokenizer, prompts, token_ids=token_ids)
 
     def score(self, batch: dict) -> torch.Tensor:
         logprobs = batch["reference_first_logprobs"]  # (B, V)
@@ -97,14 +98,18 @@ class RefusalCritic:
         return refusal_mass(logprobs, self.token_ids.to(logprobs.device))  # (B,)
 
 
-def refusal_scores(model, tokenizer, prompts: list[list[dict]], batch_size: int = 16) -> list[float]:
+def refusal_scores(
+    model, tokenizer, prompts: list[list[dict]], batch_size: int = 16, token_ids: list[int] | None = None
+) -> list[float]:
     """The critic's risk of each prompt (chat messages ending with the user turn) read by a forward of `model`
     alone, as the trainer reads it from the reference pass: the refusal mass of the first-response-token
-    distribution. For measuring the critic (AUROC) and scoring data outside training."""
+    distribution. For measuring the critic (AUROC) and scoring data outside training. `token_ids`: the refusal-start
+    ids when already found (`refusal_start_ids`)."""
     from tether.data.chat import chat_ids, pad_token_ids
+    from tether.losses import head_log_softmax
     from tether.modeling import capture_head_inputs
 
-    token_ids = torch.tensor(refusal_start_ids(tokenizer))
+    token_ids = torch.tensor(token_ids or refusal_start_ids(tokenizer))
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -120,8 +125,6 @@ def refusal_scores(model, tokenizer, prompts: list[list[dict]], batch_size: int 
         with torch.no_grad():
             with capture_head_inputs(model, rows, cols) as captured:
                 model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-            logits = head(captured["hidden"]).float()  # (B, V)
-            if softcap is not None:
-                logits = softcap * torch.tanh(logits / softcap)
-        scores += refusal_mass(logits.log_softmax(-1), token_ids.to(logits.device)).tolist()
+            logp, _ = head_log_softmax(captured["hidden"], head.weight, head.bias, softcap)  # (B, V)
+        scores += refusal_mass(logp, token_ids.to(logp.device)).tolist()
     return scores

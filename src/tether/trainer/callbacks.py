@@ -37,15 +37,20 @@ class CanaryCallback(TrainerCallback):
     """Drift control (`docs/method.md` §4): every `every` optimizer steps, the policy's refusal mass on the canary
     prompts (the `refusal` critic's measure: the first-response-token probability of a refusal opening, adapter on)
     against the reference's (adapter off, measured once); `trainer.canary` turns the fall into a multiplier on every
-    row's KL weight, `trainer.kl_multiplier`. Logged as `canary/*`; restored on resume with tether's state."""
+    row's KL weight, `trainer.kl_multiplier`. Logged as `canary/*`; restored on resume with tether's state.
+    `token_ids`: the tokenizer's refusal-start ids (default: found from the trainer's tokenizer)."""
 
-    def __init__(self, trainer, prompts: list[list[dict]], every: int):
+    def __init__(self, trainer, prompts: list[list[dict]], every: int, token_ids: list[int] | None = None):
+        from tether.critics.refusal import refusal_start_ids
+
         self.trainer, self.prompts, self.every = trainer, prompts, every
+        self.token_ids = token_ids or refusal_start_ids(trainer.processing_class, user="canary_prompts")
 
     def masses(self, model) -> float:
         from tether.critics.refusal import refusal_scores
 
-        scores = refusal_scores(model, self.trainer.processing_class, self.prompts, batch_size=32)
+        tokenizer = self.trainer.processing_class
+        scores = refusal_scores(model, tokenizer, self.prompts, batch_size=32, token_ids=self.token_ids)
         return sum(scores) / len(scores)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -65,7 +70,7 @@ class CanaryCallback(TrainerCallback):
         finally:
             model.train(was_training)
         reference_mass = self.trainer.canary_reference_mass
-        self.trainer.kl_multiplier = self.trainer.canary.update(reference_mass, policy_mass)
+        self.trainer.canary.update(reference_mass, policy_mass)
         metrics = self.trainer._metrics["train"]
         metrics["canary/refusal_mass"].append(policy_mass)
         metrics["canary/reference_mass"].append(reference_mass)

@@ -21,7 +21,7 @@ from tether.critics.base import ReadsReference, ReferenceReads, UsesTokenizer
 from tether.critics.probe import capture_layer_states
 from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
-from tether.losses import ResponseLoss, prefix_kl_weights, response_depth
+from tether.losses import ResponseLoss, head_log_softmax, prefix_kl_weights, response_depth
 from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
 from tether.run_files import write_text_atomic
 from tether.trainer.callbacks import TetherStateCallback
@@ -90,8 +90,7 @@ class TetherTrainer(SFTTrainer):
         if isinstance(self.critic, UsesTokenizer):
             self.critic.use_tokenizer(kwargs["processing_class"])
         self.generation_risk: float | None = None  # set by JudgeGenerationsCallback
-        self.canary = args.make_canary_controller()  # None unless canary_prompts is set
-        self.kl_multiplier = 1.0  # set by CanaryCallback
+        self.canary = args.make_canary_controller()  # None unless canary_prompts is set; CanaryCallback updates it
         self.canary_reference_mass: float | None = None  # the reference's canary refusal mass, measured once
         self._resumed_at: tuple[int, float] | None = None  # (step, loss sum up to it) of the checkpoint resumed from
         self.add_callback(TetherStateCallback(self))
@@ -100,6 +99,11 @@ class TetherTrainer(SFTTrainer):
             self.reference = frozen_copy or AdapterDisabledReference(self.model)
         if frozen_copy is not None:
             frozen_copy.model.to(self.accelerator.device)
+
+    @property
+    def kl_multiplier(self) -> float:
+        """The canary controller's multiplier on every row's KL weight (1 without drift control)."""
+        return 1.0 if self.canary is None else self.canary.state
 
     @classmethod
     def uses_reference(cls, args: TetherConfig) -> bool:
@@ -259,10 +263,9 @@ class TetherTrainer(SFTTrainer):
         self.weights.state = values["risk_ema"]
         self.generation_risk = values["generation_risk"]
         self._resumed_at = (values["global_step"], values["loss_sum"])
-        self.kl_multiplier = values.get("kl_multiplier", 1.0)
         self.canary_reference_mass = values.get("canary_reference_mass")
         if self.canary is not None:
-            self.canary.state = self.kl_multiplier
+            self.canary.state = values.get("kl_multiplier", 1.0)
 
     def save_tether_state(self, checkpoint: str | Path) -> None:
         """`tether_state.json` (+ `tether_state.safetensors` for tensors) in the checkpoint folder. The JSON file is
@@ -299,11 +302,10 @@ def first_token_logprobs(reference: ReferenceOutputs, positions: ResponsePositio
     """The reference's log-probabilities of each example's first response token, from the LM-head inputs the
     reference pass captured: (B, V) float32; an example without a response token gets -inf everywhere."""
     first = response_depth(positions.rows) == 0  # (N,)
-    logits = reference.head(reference.hidden[first]).float()  # (B', V)
-    if reference.softcap is not None:  # Gemma 2's final logit soft-capping, as in the loss
-        logits = reference.softcap * torch.tanh(logits / reference.softcap)
-    out = logits.new_full((batch_size, logits.shape[-1]), -torch.inf)  # (B, V)
-    out[positions.rows[first]] = logits.log_softmax(-1)
+    head = reference.head
+    logp, _ = head_log_softmax(reference.hidden[first], head.weight, head.bias, reference.softcap)  # (B', V)
+    out = logp.new_full((batch_size, logp.shape[-1]), -torch.inf)  # (B, V)
+    out[positions.rows[first]] = logp
     return out
 
 
