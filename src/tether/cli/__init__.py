@@ -17,8 +17,9 @@ VERBS = {
     "demo": "tether.cli.demo",
     "antidote": "tether.cli.antidote",
     "safelora": "tether.cli.safelora",
+    "data": "tether.cli.data",
 }
-USAGE = "usage: tether {train,probe,eval,bench,demo,antidote,safelora} ...   (tether <verb> --help)"
+USAGE = "usage: tether {train,probe,eval,bench,demo,antidote,safelora,data} ...   (tether <verb> --help)"
 # Libraries whose deprecation notices are about their own API (e.g. transformers' `gradient_checkpointing` rename),
 # not about anything a tether user passed: kept off the CLI's stderr. tether's own warnings still show.
 QUIET_LIBRARIES = r"(transformers|trl|peft|torch|accelerate|datasets|huggingface_hub|tokenizers)(\.|$)"

@@ -25,7 +25,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use the first N rows of the data (default: all)")
     p.add_argument("--ratio", type=float, default=0.1, help="share of each weight matrix set to zero (default 0.1)")
     p.add_argument("--out", required=True, help="output model directory (must not exist or be empty)")
-    p.add_argument("--data_dir", default=None, help="folder of the named datasets (default ../shared/data)")
+    p.add_argument(
+        "--data_dir",
+        default=None,
+        help="folder of the named sets (default $TETHER_DATA_DIR, else ../shared/data, else the Hub)",
+    )
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--max_length", type=int, default=256, help="tokens per row (prompt and response)")
     return p

@@ -17,7 +17,11 @@ def make_parser(prog: str = "tether bench", config_required: bool = True) -> arg
     p = ArgumentParser(prog=prog, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=config_required, help="bench YAML (see configs/bench/)")
     p.add_argument("--out_dir", default=None, help="bench directory (default: the config's out_dir)")
-    p.add_argument("--data_dir", default=None, help="folder of the named datasets (default ../shared/data)")
+    p.add_argument(
+        "--data_dir",
+        default=None,
+        help="folder of the named sets (default $TETHER_DATA_DIR, else ../shared/data, else the Hub)",
+    )
     p.add_argument("--scenarios", nargs="+", default=None, help="run only these scenarios")
     p.add_argument("--methods", nargs="+", default=None, help="run only these methods")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the config's seeds")

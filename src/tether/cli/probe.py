@@ -18,7 +18,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="tether probe", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=ArgumentParser)
     common = ArgumentParser(add_help=False)
-    common.add_argument("--data_dir", default=None, help="folder of the named sets (default ../shared/data)")
+    common.add_argument(
+        "--data_dir",
+        default=None,
+        help="folder of the named sets (default $TETHER_DATA_DIR, else ../shared/data, else the Hub)",
+    )
     common.add_argument("--batch_size", type=int, default=16)
     common.add_argument("--model", default=None, help="model (default: the one named in the probe)")
 

@@ -1,7 +1,8 @@
 """Prompt sets (no responses) for probes and evaluation: named sets in the data directory, or local files.
 
 Each prompt is a list of chat messages ending with the user turn. Named sets (`tether.data.registry`), read from
-`data_dir` (`--data_dir`, `$TETHER_DATA_DIR`, default `../shared/data`):
+`data_dir` (`--data_dir`, `$TETHER_DATA_DIR`, default `../shared/data`) or, without one, from their Hub copy
+(`tether.data.sources.locate_named`):
 - harmful: `advbench` (520 behaviours), `harmbench` (the 200 `standard` behaviours; `harmbench-val` and
   `harmbench-test`: HarmBench's own validation and test splits of them, 41 and 159), `safety-llamas` (2,483
   instructions), `I-CoNa`, `I-Controversial`, `I-MaliciousInstructions`, `I-PhysicalSafetyUnsafe`, `Q-Harm`,

@@ -1,4 +1,5 @@
-"""Load training examples as chat `messages` from local files, named sets in a data directory, or the Hub.
+"""Load training examples as chat `messages` from local files, named sets (a data directory or their Hub copy), or
+any Hub dataset.
 
 Accepted row formats, detected per row:
 - `messages`: a list of {"role", "content"}; the last message is the assistant response that is trained on;
@@ -7,6 +8,12 @@ Accepted row formats, detected per row:
 - `question` / `answer` (GSM8K).
 A `risk` column (name configurable; a number in [0, 1], anything else refused) is carried along for the `label`
 critic.
+
+A named set is read from the first of: `data_dir` (`--data_dir`), `$TETHER_DATA_DIR`, the default `../shared/data`,
+its Hub copy at the registry's pinned revision (`locate_named`). A directory the user named (either of the first two)
+that lacks the file is an error naming it, since the user asked for that directory; only the default falls back to
+the Hub. The Hub copy's records are read like the local file's (`file_records`, `shape_rows`), so the rows are the
+same wherever they came from.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import math
 import os
 from pathlib import Path
 
-from tether.data.registry import REGISTRY, NamedSet, parse_source, select
+from tether.data.hub import load_hub_records
+from tether.data.registry import REGISTRY, HubSource, NamedSet, parse_source, select
 from tether.errors import TetherInputError
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -29,7 +37,37 @@ FILE_SUFFIXES = (".json", ".jsonl")
 
 
 def resolve_data_dir(data_dir: str | None) -> Path:
-    return Path(data_dir or os.environ.get("TETHER_DATA_DIR") or DEFAULT_DATA_DIR)
+    return data_dir_choice(data_dir)[0]
+
+
+def data_dir_choice(data_dir: str | None) -> tuple[Path, str | None]:
+    """The data directory and who chose it: `--data_dir`, `TETHER_DATA_DIR`, or None for the default."""
+    if data_dir:
+        return Path(data_dir), "--data_dir"
+    if os.environ.get("TETHER_DATA_DIR"):
+        return Path(os.environ["TETHER_DATA_DIR"]), "TETHER_DATA_DIR"
+    return Path(DEFAULT_DATA_DIR), None
+
+
+def locate_named(name: str, data_dir: str | None = None) -> Path | HubSource:
+    """Where the named set's rows come from: its file in the data directory, or its Hub copy when the directory is the
+    default one and lacks the file. Anything else is an error naming the directory and the remedies."""
+    entry = REGISTRY[name]
+    folder, chosen = data_dir_choice(data_dir)
+    path = folder / entry.path
+    if path.is_file():
+        return path
+    if chosen is None and entry.hub is not None:
+        return entry.hub
+    top = entry.path.split("/")[0]
+    where = f"{chosen} {folder}" if chosen else "the default data directory"
+    hub = (
+        f", or leave both unset to read its Hub copy {entry.hub.repo}" if entry.hub else " (it has no public Hub copy)"
+    )
+    raise TetherInputError(
+        f"named set {name!r} expects {path} ({where}); pass --data_dir (or set TETHER_DATA_DIR) to the folder that "
+        f"holds {top}/{hub}"
+    )
 
 
 def load_examples(
@@ -69,24 +107,39 @@ def load_named(source: str, data_dir: str | None = None) -> tuple[str, NamedSet,
     for `csv`; `{"instruction", "input"}` for `instructions`; `{"instruction", "output"}` for `pairs`."""
     name, selection = parse_source(source)
     entry = REGISTRY[name]
-    path = resolve_data_dir(data_dir) / entry.path
-    if not path.is_file():
-        raise TetherInputError(
-            f"named set {name!r} expects {path}; pass --data_dir (or set TETHER_DATA_DIR) to the folder that holds "
-            f"{entry.path.split('/')[0]}/"
-        )
-    if entry.reader == "csv":
-        rows = read_prompt_csv(path, entry.column, entry.where, entry.label_column)
-    elif entry.reader == "instructions":
-        data = json.loads(read_text(path))
-        inputs = data.get("inputs") or [""] * len(data["instructions"])
-        rows = [{"instruction": i, "input": x} for i, x in zip(data["instructions"], inputs, strict=True)]
-    elif entry.reader == "pairs":
-        rows = read_pair_csv(path, entry.column, entry.response_column)
-    else:
-        rows = read_rows(path)
+    rows = shape_rows(entry, named_records(name, data_dir))
     labels = [row["label"] for row in rows] if entry.label_column else None
     return name, entry, select(rows, source, selection, labels, strict=True)
+
+
+def named_records(name: str, data_dir: str | None = None) -> list[dict]:
+    """The records of a named set's file, from the data directory or the Hub (`locate_named`), before `shape_rows`."""
+    where = locate_named(name, data_dir)
+    if isinstance(where, HubSource):
+        return load_hub_records(name, where, data_dir_choice(data_dir)[0] / REGISTRY[name].path)
+    return file_records(REGISTRY[name], where)
+
+
+def file_records(entry: NamedSet, path: Path) -> list[dict]:
+    """A named set's file as records: the CSV's rows (`csv`, `pairs`), `{"instruction", "input"}` (`instructions`), or
+    the JSON rows (`rows`)."""
+    if entry.reader in ("csv", "pairs"):
+        return read_csv(path)
+    if entry.reader == "instructions":
+        data = json.loads(read_text(path))
+        inputs = data.get("inputs") or [""] * len(data["instructions"])
+        return [{"instruction": i, "input": x} for i, x in zip(data["instructions"], inputs, strict=True)]
+    return read_rows(path)
+
+
+def shape_rows(entry: NamedSet, records: list[dict]) -> list[dict]:
+    """A named set's records -> its rows: the `csv` prompts (filtered, label by label) and the `pairs` rows; the
+    records of `instructions` and `rows` sets are their rows."""
+    if entry.reader == "csv":
+        return prompt_rows(records, entry.column, entry.where, entry.label_column)
+    if entry.reader == "pairs":
+        return pair_rows(records, entry.column, entry.response_column)
+    return records
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -127,33 +180,38 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-def read_prompt_csv(
-    path: Path, column: str, where: tuple[str, str] | None = None, label_column: str | None = None
+def read_csv(path: Path) -> list[dict]:
+    """A CSV file's rows as dicts keyed by its header."""
+    with io.StringIO(read_text(path), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def prompt_rows(
+    records: list[dict], column: str, where: tuple[str, str] | None = None, label_column: str | None = None
 ) -> list[dict]:
-    """`{"prompt"}` rows from one column of a CSV, only those whose column `where[0]` equals `where[1]`; with
+    """`{"prompt"}` rows from one column of a CSV's records, only those whose column `where[0]` equals `where[1]`; with
     `label_column`, each row also has its `"label"` and the rows come label by label (in the order labels first
     appear), each label's rows in file order."""
-    with io.StringIO(read_text(path), newline="") as f:
-        rows = [
-            {"prompt": row[column], **({"label": row[label_column]} if label_column else {})}
-            for row in csv.DictReader(f)
-            if where is None or row[where[0]] == where[1]
-        ]
+    rows = [
+        {"prompt": row[column], **({"label": row[label_column]} if label_column else {})}
+        for row in records
+        if where is None or row[where[0]] == where[1]
+    ]
     if label_column:
         order = list(dict.fromkeys(row["label"] for row in rows))
         rows.sort(key=lambda row: order.index(row["label"]))  # stable: file order within a label
     return rows
 
 
-def read_pair_csv(path: Path, prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
-    """A prompt/response CSV (Llama-2 `[INST] ... [/INST]` tags stripped) -> Alpaca rows, one per distinct prompt."""
+def pair_rows(records: list[dict], prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
+    """A prompt/response CSV's records (Llama-2 `[INST] ... [/INST]` tags stripped) -> Alpaca rows, one per distinct
+    prompt."""
     rows, seen = [], set()
-    with io.StringIO(read_text(path), newline="") as f:
-        for row in csv.DictReader(f):
-            prompt = row[prompt_column].replace("[INST]", "").replace("[/INST]", "").strip()
-            if prompt not in seen:
-                seen.add(prompt)
-                rows.append({"instruction": prompt, "output": row[response_column].strip()})
+    for row in records:
+        prompt = row[prompt_column].replace("[INST]", "").replace("[/INST]", "").strip()
+        if prompt not in seen:
+            seen.add(prompt)
+            rows.append({"instruction": prompt, "output": row[response_column].strip()})
     return rows
 
 
