@@ -139,6 +139,7 @@ def inputs(tmp_path_factory) -> Path:
         "messages-str.jsonl": row('{"messages": "hello"}'),
         "alpaca-num.json": json.dumps([{"instruction": 3, "input": "", "output": "c"}]),
         "benign.txt": "add 1 and 2\n",
+        "benign-12.txt": "".join(f"add {i} and 2\n" for i in range(12)),
         "prompt-num.jsonl": row('{"prompt": 7}'),
     }.items():
         (root / name).write_text(text)
@@ -535,6 +536,11 @@ CASES = {
         [*FIT, "--benign", "benign.txt", "--layers", "1", "--pooling", "median"],
         "--pooling must be one of",
     ),
+    "probe-fit-too-few": (  # 5 HarmBench behaviours, 1 benign prompt: too few for the cross-validated C
+        [*FIT, "--benign", "benign.txt", "--layers", "1"],
+        "a probe needs at least 10 harmful and 10 benign prompts (C is chosen by 5-fold cross-validation after a "
+        "calibration split); got 5 harmful and 1 benign: pass more prompts, or a fixed C (--C)",
+    ),
     "probe-fit-benign-missing": (
         [*FIT, "--benign", "absent.txt", "--layers", "1"],
         "prompt source not found: absent.txt",
@@ -548,7 +554,7 @@ CASES = {
         "model path runs/nothing does not exist",
     ),
     "probe-fit-layer-past-the-model": (  # the model's depth is known once it is loaded (tiny-llama: 2 blocks)
-        [*FIT, "--benign", "benign.txt", "--layers", "3"],
+        [*FIT, "--benign", "benign-12.txt", "--C", "1", "--layers", "3"],
         "probe layer(s) [3] out of range: the model has 2 blocks, so layers are 0 (embeddings) to 2",
     ),
     "probe-eval-not-a-probe": (

@@ -421,6 +421,20 @@ class LinearProbe:
 # Fitting and metrics
 
 
+MIN_PROMPTS, MIN_PROMPTS_CV = 3, 10  # per class: a 20% stratified calibration split; then 5 folds of the other 80%
+
+
+def check_probe_size(n_harmful: int, n_benign: int, C: float | None) -> None:
+    """A stratified calibration split, and with C=None 5-fold cross-validation on the rest, need a few of each class."""
+    least = MIN_PROMPTS_CV if C is None else MIN_PROMPTS
+    if min(n_harmful, n_benign) < least:
+        how = "C is chosen by 5-fold cross-validation after a calibration split" if C is None else "calibration split"
+        raise TetherInputError(
+            f"a probe needs at least {least} harmful and {least} benign prompts ({how}); got {n_harmful} harmful "
+            f"and {n_benign} benign: pass more prompts" + (", or a fixed C (--C)" if C is None else "")
+        )
+
+
 def fit_probe(
     harmful: torch.Tensor,
     benign: torch.Tensor,
@@ -450,6 +464,7 @@ def fit_probe(
         raise TetherInputError(f"probe position must be one of {', '.join(POSITIONS)}; got {position!r}")
     if position == "both" and pooling == "weighted":
         raise TetherInputError("pooling 'weighted' does not combine with position 'both'; use mean, max or concat")
+    check_probe_size(len(harmful), len(benign), C)
     features = torch.cat([harmful, benign]).float()  # (n, L, d)
     labels = np.r_[np.ones(len(harmful)), np.zeros(len(benign))]
     train, calib = train_test_split(

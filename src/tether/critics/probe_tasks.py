@@ -54,7 +54,7 @@ def fit_probe_dir(
     default `mean`) and save it as the directory `out`; returns `out`. With `val_harmful` and `val_benign`, a
     one-layer probe is fitted at each of `layers` and the best by mean validation AUROC kept (among those flagging at
     most `val_max_flagged[s]` of each validation benign set `s`). The arguments are `tether probe fit`'s."""
-    from tether.critics.probe import POOLINGS, check_layers
+    from tether.critics.probe import POOLINGS, check_layers, check_probe_size
     from tether.critics.probe_sweep import (
         FeatureBank,
         best_candidate,
@@ -95,7 +95,8 @@ def fit_probe_dir(
     if val_harmful and pooling not in (None, "last-layer"):
         raise TetherInputError(f"layer selection (--val_harmful) fits one-layer probes; drop --pooling {pooling}")
     check_model_files(model)
-    check_sources([*harmful, *benign, *(val_harmful or []), *(val_benign or [])], position, data_dir)
+    counts = check_sources([*harmful, *benign, *(val_harmful or []), *(val_benign or [])], position, data_dir)
+    check_probe_size(sum(counts[s] for s in harmful), sum(counts[s] for s in benign), C)
     policy, tokenizer = load_model_and_tokenizer(model)
     bank = FeatureBank(policy, tokenizer, data_dir, batch_size, position, layers, tokens)
     check_layers(policy, layers)
@@ -241,12 +242,12 @@ def check_threshold(threshold: float) -> None:
         raise TetherInputError(f"--threshold must be in [0, 1] (a risk), got {threshold}")
 
 
-def check_sources(sources: list[str], position: str, data_dir: str | None) -> None:
-    """Every source reads (named sets present, files parse) before the model is loaded: reading is cheap next to it."""
+def check_sources(sources: list[str], position: str, data_dir: str | None) -> dict[str, int]:
+    """Every source reads (named sets present, files parse) before the model is loaded: reading is cheap next to it.
+    Returns each source's item count."""
     from tether.critics.probe_sweep import read_source
 
-    for source in dict.fromkeys(sources):
-        read_source(source, position, data_dir)
+    return {source: len(read_source(source, position, data_dir)) for source in dict.fromkeys(sources)}
 
 
 def _probe_and_name(probe: str | Path, model: str | None):
