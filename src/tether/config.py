@@ -11,6 +11,7 @@ import yaml
 from trl import TrlParser
 
 from tether.errors import OneLineErrors, TetherInputError
+from tether.sharding import check_engine_installed
 from tether.yaml_files import load_yaml
 
 
@@ -118,11 +119,14 @@ class TetherParser(OneLineErrors, TrlParser):
 
     def parse(self, argv: list[str]):
         """Parse `argv` (with `--config FILE.yaml`) into the dataclasses; bad input raises `TetherInputError`."""
+        values = {}
         if "--config" in argv:
             index = argv.index("--config")
             if index + 1 >= len(argv):
                 raise TetherInputError("--config needs a YAML file path")
-            self.check_config_file(argv[index + 1])
+            values = self.check_config_file(argv[index + 1])
+        deepspeed_flag = any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv)
+        check_engine_installed(deepspeed_flag or bool(values.get("deepspeed")))
         try:
             return self.parse_args_and_config(argv)
         except TetherInputError:
@@ -139,6 +143,7 @@ class TetherParser(OneLineErrors, TrlParser):
         """The dataclasses from a mapping of field -> value (a YAML config already read); unknown fields are an
         error naming them."""
         self.check_fields(settings, "the settings")
+        check_engine_installed(bool(settings.get("deepspeed")))
         try:
             return self.parse_dict(settings)
         except TetherInputError:
@@ -157,8 +162,9 @@ class TetherParser(OneLineErrors, TrlParser):
                 "against `tether train --help`"
             )
 
-    def check_config_file(self, path: str) -> None:
-        """The file exists, is a YAML mapping, and every key is a field of one of the dataclasses (or `env`)."""
+    def check_config_file(self, path: str) -> dict:
+        """The file exists, is a YAML mapping, and every key is a field of one of the dataclasses (or `env`); returns
+        its values."""
         try:
             with open(path) as f:
                 values = load_yaml(f)
@@ -169,3 +175,4 @@ class TetherParser(OneLineErrors, TrlParser):
         if not isinstance(values, dict):
             raise TetherInputError(f"{path}: expected a YAML mapping of field: value")
         self.check_fields(values, path)
+        return values

@@ -326,17 +326,25 @@ class FrozenCopyReference:
 
 
 @contextlib.contextmanager
-def capture_head_inputs(model, rows: torch.Tensor, cols: torch.Tensor):
+def capture_head_inputs(model, rows: torch.Tensor, cols: torch.Tensor, at_head=None):
     """While active, a forward of `model` stores the LM head's input at positions (rows, cols) in `captured["hidden"]`
     (N, d) and hands the head an empty (B, 0, d) slice instead, so the model builds no logits at all.
 
-    The forward still goes through the model's (and DDP's) own `forward`; only the head's input is intercepted.
+    `at_head(hidden (N, d), head)`, when given, runs inside the head's forward and leaves its result in
+    `captured["at_head"]`. Whatever reads `head.weight` belongs there: a sharding engine gathers the head's full weight
+    for its forward (FSDP2's pre-forward unshard, DeepSpeed ZeRO-3's parameter fetch) and hooks the gradient
+    reduction onto it, while outside the forward the weight may be this process's shard (`docs/method.md` §1.7).
+
+    The forward still goes through the model's (and DDP's or FSDP's) own `forward`; only the head's input is
+    intercepted.
     """
-    captured: dict[str, torch.Tensor] = {}
+    captured: dict = {}
 
     def swap_input(module, args):
         hidden = args[0]  # (B, T, d)
         captured["hidden"] = hidden[rows, cols]  # (N, d)
+        if at_head is not None:
+            captured["at_head"] = at_head(captured["hidden"], module)
         return (hidden[:, :0], *args[1:])  # (B, 0, d)
 
     handle = model.get_output_embeddings().register_forward_pre_hook(swap_input)

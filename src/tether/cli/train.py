@@ -24,8 +24,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def main(argv: list[str]) -> int:
     from tether.runner import run_training
+    from tether.sharding import end_process_group
 
     model_args, data_args, config = make_parser().parse(argv)
     run_dir = run_training(model_args, data_args, config)
+    end_process_group()
     print(f"run directory: {run_dir}")
     return 0

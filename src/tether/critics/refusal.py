@@ -111,8 +111,11 @@ def refusal_scores(
 
     token_ids = torch.tensor(token_ids or refusal_start_ids(tokenizer))
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    def first_token_logp(hidden, head):  # inside the head's forward, where a sharding engine holds its full weight
+        return head_log_softmax(hidden, head.weight, head.bias, softcap)[0]  # (B, V)
+
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
         ids = [
@@ -122,9 +125,8 @@ def refusal_scores(
         input_ids, attention_mask = pad_token_ids(ids, tokenizer.pad_token_id, "right")  # (B, T), (B, T)
         rows = torch.arange(len(ids))
         cols = torch.tensor([len(x) - 1 for x in ids])  # the last prompt token predicts the first response token
-        with torch.no_grad():
-            with capture_head_inputs(model, rows, cols) as captured:
-                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-            logp, _ = head_log_softmax(captured["hidden"], head.weight, head.bias, softcap)  # (B, V)
+        with torch.no_grad(), capture_head_inputs(model, rows, cols, first_token_logp) as captured:
+            model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+        logp = captured["at_head"]  # (B, V)
         scores += refusal_mass(logp, token_ids.to(logp.device)).tolist()
     return scores

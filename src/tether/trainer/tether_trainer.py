@@ -9,6 +9,7 @@ A baseline that changes the step subclasses this trainer in `tether.baselines` a
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from tether.errors import TetherInputError
 from tether.losses import ResponseLoss, head_log_softmax, prefix_kl_weights, response_depth
 from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
 from tether.run_files import write_text_atomic
+from tether.sharding import check_engine
 from tether.trainer.callbacks import TetherStateCallback
 from tether.trainer.tether_config import TetherConfig
 
@@ -51,9 +53,10 @@ class ReferenceOutputs:
     """What the loss and the critic read from the reference pass."""
 
     hidden: torch.Tensor  # (N, d): the LM head's input at the response positions
-    head: torch.nn.Linear
+    head: torch.nn.Linear  # under LoRA the policy's own head; read its weight only inside a head forward
     features: torch.Tensor | None = None  # the critic's `reference_features`, when it declared reads
     softcap: float | None = None  # the model's final logit soft-capping, if any
+    first_logprobs: torch.Tensor | None = None  # (B, V): the critic's `reference_first_logprobs`, when it needs them
 
 
 class TetherTrainer(SFTTrainer):
@@ -78,6 +81,7 @@ class TetherTrainer(SFTTrainer):
             # Copied before SFTTrainer patches `model.forward`: a copy made after would call the original's forward.
             frozen_copy = FrozenCopyReference(model if ref_model is None else ref_model)
         super().__init__(model=model, args=args, **kwargs)
+        check_engine(self.accelerator, frozen_copy is not None)  # before `train()` shards the model
         # Our loss divides by `num_items_in_batch` itself, so the Trainer must not divide by the accumulation steps.
         self.model_accepts_loss_kwargs = True
         self.weights = args.make_weights()
@@ -98,6 +102,8 @@ class TetherTrainer(SFTTrainer):
         if self.uses_reference(args):
             self.reference = frozen_copy or AdapterDisabledReference(self.model)
         if frozen_copy is not None:
+            # Replicated on every process, outside DDP, FSDP or DeepSpeed: the reference pass needs no collective
+            # and the head weight it hands the fused loss is whole (docs/method.md §1.7)
             frozen_copy.model.to(self.accelerator.device)
 
     @property
@@ -130,15 +136,22 @@ class TetherTrainer(SFTTrainer):
             return None
         reads = self.reads
         rows, cols, token_weights = reads.locate(inputs) if reads else (positions.rows[:0], positions.cols[:0], None)
+        softcap = getattr(self.reference.model.config, "final_logit_softcapping", None)
+        at_head = None
+        if self.critic is not None and "reference_first_logprobs" in self.critic.needs:
+            at_head = functools.partial(
+                first_token_logprobs, positions=positions, batch_size=len(inputs["input_ids"]), softcap=softcap
+            )
         with (
             self.reference.active() as ref_model,
-            capture_head_inputs(ref_model, positions.rows, positions.cols) as reference,
+            capture_head_inputs(ref_model, positions.rows, positions.cols, at_head) as reference,
             capture_layer_states(ref_model, reads.layers if reads else [], rows, cols, token_weights) as states,
         ):
             ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         features = reads.features(states) if reads else None
-        softcap = getattr(ref_model.config, "final_logit_softcapping", None)
-        return ReferenceOutputs(reference["hidden"], linear_head(ref_model), features, softcap)
+        return ReferenceOutputs(
+            reference["hidden"], linear_head(ref_model), features, softcap, reference.get("at_head")
+        )
 
     def risk(
         self, inputs: dict, reference: ReferenceOutputs | None, positions: ResponsePositions
@@ -153,26 +166,43 @@ class TetherTrainer(SFTTrainer):
                 if reference is not None and reference.features is not None:
                     batch["reference_features"] = reference.features
                 if "reference_first_logprobs" in self.critic.needs:
-                    n = len(inputs["input_ids"])
-                    batch["reference_first_logprobs"] = first_token_logprobs(reference, positions, n)  # (B, V)
+                    batch["reference_first_logprobs"] = reference.first_logprobs  # (B, V), from the reference pass
                 scores = self.critic.score(batch)
             scores = self.weights.transform(scores, floor=self.generation_risk)  # (B,)
             return scores, self.accelerator.gather(scores)
 
     def response_loss(self, model, inputs, positions, reference, alpha, beta, num_items_in_batch):
         """The policy forward and Σ_t [α·nll_t + β·kl_t] over response tokens / the token count of the step, without
-        building batch × sequence × vocabulary logits; returns (loss, nll (N,), kl (N,))."""
+        building batch × sequence × vocabulary logits; returns (loss, nll (N,), kl (N,)). The fused loss runs inside
+        the LM head's forward (`head_loss`), where a sharding engine holds the head's full weight."""
         unwrapped = self.accelerator.unwrap_model(model)
-        rows, cols = positions.rows, positions.cols
-        with capture_head_inputs(unwrapped, rows, cols) as policy:
+        linear_head(unwrapped)  # refuse a head the fused loss cannot multiply by, before the forward
+        at_head = functools.partial(
+            self.head_loss,
+            positions=positions,
+            reference=reference,
+            alpha=alpha,
+            beta=beta,
+            softcap=getattr(unwrapped.config, "final_logit_softcapping", None),
+        )
+        with capture_head_inputs(unwrapped, positions.rows, positions.cols, at_head) as policy:
             model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        head = linear_head(unwrapped)
-        alpha_tokens, beta_tokens = self.token_weights(policy["hidden"], head, positions, reference, alpha, beta)
-        loss_sum, nll, kl = ResponseLoss.apply(
-            policy["hidden"],  # (N, d)
+        loss_sum, nll, kl = policy["at_head"]
+        num_tokens = positions.rows.numel() if num_items_in_batch is None else num_items_in_batch
+        loss = loss_sum / torch.as_tensor(num_tokens, device=loss_sum.device).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP and FSDP average gradients; the denominator is global
+        return loss, nll, kl
+
+    def head_loss(self, hidden, head, positions, reference, alpha, beta, softcap):
+        """Σ_t [α·nll_t + β·kl_t] of the policy's LM-head inputs `hidden` (N, d), run by `capture_head_inputs` inside
+        the forward of `head`: (loss sum, nll (N,), kl (N,)). Under LoRA `reference.head` is `head` itself."""
+        alpha_tokens, beta_tokens = self.token_weights(hidden, head, positions, reference, alpha, beta)
+        return ResponseLoss.apply(
+            hidden,  # (N, d)
             head.weight,
             head.bias,
-            positions.targets[rows, cols],  # (N,)
+            positions.targets[positions.rows, positions.cols],  # (N,)
             alpha_tokens,  # (N,)
             beta_tokens,  # (N,)
             None if reference is None else reference.hidden,
@@ -180,17 +210,13 @@ class TetherTrainer(SFTTrainer):
             None if reference is None else reference.head.bias,
             self.args.kl_direction,
             self.args.logits_chunk_size,
-            getattr(unwrapped.config, "final_logit_softcapping", None),
+            softcap,
         )
-        num_tokens = rows.numel() if num_items_in_batch is None else num_items_in_batch
-        loss = loss_sum / torch.as_tensor(num_tokens, device=loss_sum.device).clamp(min=1)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the denominator is global already
-        return loss, nll, kl
 
     def token_weights(self, hidden, head, positions, reference, alpha, beta) -> tuple[torch.Tensor, torch.Tensor]:
         """The NLL and KL weight of each response position (N,), (N,): α of its example, and `kl_weights`. A baseline
-        with per-token weights of its own overrides this (it may read the policy's LM-head inputs `hidden` (N, d))."""
+        with per-token weights of its own overrides this (it may read the policy's LM-head inputs `hidden` (N, d) and
+        the heads' weights: it runs inside the head's forward, in `head_loss`)."""
         return alpha[positions.rows], self.kl_weights(beta, positions.rows)
 
     def kl_weights(self, beta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -298,12 +324,14 @@ class TetherTrainer(SFTTrainer):
         return {}
 
 
-def first_token_logprobs(reference: ReferenceOutputs, positions: ResponsePositions, batch_size: int) -> torch.Tensor:
-    """The reference's log-probabilities of each example's first response token, from the LM-head inputs the
-    reference pass captured: (B, V) float32; an example without a response token gets -inf everywhere."""
+def first_token_logprobs(
+    hidden: torch.Tensor, head: torch.nn.Linear, positions: ResponsePositions, batch_size: int, softcap: float | None
+) -> torch.Tensor:
+    """The reference's log-probabilities of each example's first response token, from its LM-head inputs at the
+    response positions `hidden` (N, d), inside the forward of `head` (`capture_head_inputs`): (B, V) float32; an
+    example without a response token gets -inf everywhere."""
     first = response_depth(positions.rows) == 0  # (N,)
-    head = reference.head
-    logp, _ = head_log_softmax(reference.hidden[first], head.weight, head.bias, reference.softcap)  # (B', V)
+    logp, _ = head_log_softmax(hidden[first], head.weight, head.bias, softcap)  # (B', V)
     out = logp.new_full((batch_size, logp.shape[-1]), -torch.inf)  # (B, V)
     out[positions.rows[first]] = logp
     return out
