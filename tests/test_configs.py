@@ -55,3 +55,18 @@ def test_a_key_written_twice_is_an_error(verb, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "duplicate key" in err[0] and "(line 3)" in err[0], err
+
+
+def test_tether_defaults_are_the_validated_choice(tmp_path):
+    """`regularizer: adaptive` with nothing else set runs the settings chosen on validation prompts, which the
+    safe-reference bench writes out; `fixed` (C-SFT) keeps the published uniform KL and no drift control."""
+    from tether.bench.config import load_bench_config
+    from tether.trainer import TetherConfig
+
+    bench = load_bench_config(ROOT / "configs" / "bench" / "safe-reference.yaml")
+    chosen = next(m for m in bench.methods if m.name == "A-Reg refusal + depth KL + canary").train
+    config = TetherConfig(output_dir=str(tmp_path))
+    assert {name: getattr(config, name) for name in chosen} == chosen
+    fixed = TetherConfig(output_dir=str(tmp_path), regularizer="fixed")
+    assert (fixed.kl_prefix_tokens, fixed.kl_prefix_scale, fixed.canary_prompts) == (0, 1.0, None)
+    assert TetherConfig(output_dir=str(tmp_path), canary_every=0).canary_prompts is None
