@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import statistics
 import time
 from types import SimpleNamespace
@@ -166,6 +167,11 @@ def main():
         "seconds_per_step_median": median,
         "seconds_per_step_all": times,
     }
+    # the process's peak: GPU memory allocated, or resident memory on CPU (one mode per process to compare modes)
+    if args.device == "cpu":
+        result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if "none" in median:
         result["ratio_to_none"] = {mode: median[mode] / median["none"] for mode in median}
         result["paired_ratio_to_none"] = {mode: spread(times[mode], times["none"]) for mode in median}
