@@ -360,6 +360,18 @@ CASES = {
         [*TRAIN, "--canary_prompts", "benign.txt"],  # tiny.yaml sets canary_every 0
         "canary_every 0 turns drift control off, but canary_prompts is 'benign.txt'; drop one",
     ),
+    "asft-unaligned-missing": (
+        [*TRAIN, "--regularizer", "none", "--asft_unaligned", "./nothing-here"],
+        "model path ./nothing-here does not exist",
+    ),
+    "asft_lambda-negative": (
+        [*TRAIN, "--regularizer", "none", "--asft_unaligned", "tiny-llama", "--asft_lambda", "-1"],
+        "asft_lambda must be a finite number >= 0, got -1.0",
+    ),
+    "asft-full-fine-tuning": (
+        [*TRAIN, "--regularizer", "none", "--asft_unaligned", "tiny-llama", "--use_peft", "false"],
+        "AsFT penalizes the LoRA update; it needs use_peft: true",
+    ),
     "constrained_sft-adaptive": (
         [*TRAIN, "--constrained_sft", "true"],
         "constrained_sft replaces the loss; it needs regularizer none, got 'adaptive'",
