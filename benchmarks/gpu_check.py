@@ -3,8 +3,8 @@
 1. the machine: GPU, torch, CUDA, bf16;
 2. step time of plain SFT, A-Reg as the paper sets it, tether's default and a naive KL (modes interleaved in one
    process: `benchmarks/train_step.py --device cuda`), and each mode's peak GPU memory in its own process;
-3. the demo's pure attack on SmolLM2-135M-Instruct, bf16 on the GPU (`configs/bench/gpu-check.yaml`: the safe reference, then
-   SFT, C-SFT and tether's default) and its ASR table;
+3. the demo's pure attack on SmolLM2-135M-Instruct, bf16 on the GPU (`configs/bench/gpu-check.yaml`: the safe
+   reference, then SFT, C-SFT and tether's default) and its ASR table;
 4. a 2-process FSDP step (`accelerate launch --config_file configs/accelerate/fsdp.yaml`), when the machine has two
    GPUs (on one, a note: FSDP's CPU run is in tests/test_distributed.py).
 
