@@ -5,13 +5,17 @@ All modes train the same LoRA adapter (r 16, every projection) on the same batch
 - `adaptive`: `TetherTrainer` with `regularizer: adaptive`, label critic (half the rows flagged): one extra no-grad
   reference pass with the adapter disabled, KL at response positions only;
 - `probe`: as `adaptive`, with `critic: probe` (`--probe PATH`): the probe reads the reference pass's states;
+- `default`: tether's defaults (`refusal` critic read from the reference pass, depth-aware KL) with the canary drift
+  check (16 AdvBench prompts, one no-grad forward) run after every third step, as `tether train` runs it;
 - `naive`: a second full copy of the model as the reference, and NLL + KL over every position's full logits
   (B × T × V), masked afterwards: how a straightforward implementation does it.
 
-Modes are interleaved step by step so that machine drift hits all of them alike; the ratio is of median step times.
+Modes are interleaved step by step so that machine drift hits all of them alike. Reported: the ratio of median step
+times, and the spread of the paired ratios (step i of a mode over step i of `none`: median, quartiles, extremes).
 Peak memory needs one process per mode: `benchmarks/train_step.sh` runs each under `/usr/bin/time -v`.
 
-    python benchmarks/train_step.py --modes none adaptive naive --steps 5
+    python benchmarks/train_step.py --modes none adaptive default naive --steps 9
+    python benchmarks/train_step.py --device cuda --modes none default   # on a GPU, bf16
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -42,15 +48,17 @@ def make_batch(tokenizer, data_dir, batch_size, max_length):
     return dataset, TetherCollator(tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
 
 
-def tether_step_fn(mode, model_name, dataset, tokenizer, batch, probe_path=None):
+def tether_step_fn(mode, model_name, dataset, tokenizer, batch, probe_path=None, device="cpu", data_dir=None):
     model, _ = load_model_and_tokenizer(model_name)
+    paper = {"critic": "probe" if mode == "probe" else "label", "kl_prefix_tokens": 0, "canary_every": 0}
     config = TetherConfig(
         output_dir="/tmp/tether-bench",
-        regularizer="adaptive" if mode == "probe" else mode,
-        critic="probe" if mode == "probe" else "label",
+        regularizer="adaptive" if mode in ("probe", "default") else mode,
+        **({} if mode == "default" else paper),
         probe_path=probe_path,
         gradient_checkpointing=False,
-        use_cpu=True,
+        use_cpu=device == "cpu",
+        bf16=device != "cpu",
         report_to="none",
         disable_tqdm=True,
     )
@@ -63,19 +71,33 @@ def tether_step_fn(mode, model_name, dataset, tokenizer, batch, probe_path=None)
     )
     trainer.model.train()
     optimizer = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=1e-4)
+    batch = {key: value.to(trainer.model.device) for key, value in batch.items()}
+    canary, state = None, SimpleNamespace(global_step=0)
+    if config.canary_prompts:  # the drift check `tether train` runs after every `canary_every`-th step
+        from tether.data.prompts import load_prompts
+        from tether.trainer.callbacks import CanaryCallback
+
+        canary = CanaryCallback(trainer, load_prompts(config.canary_prompts, data_dir), config.canary_every)
+        canary.on_train_begin(config, state, None)  # the reference's mass, measured once before training
 
     def step():
-        loss = trainer.compute_loss(trainer.model, batch)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device != "cpu"):
+            loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        state.global_step += 1
+        if canary is not None:
+            canary.on_step_end(config, state, None)
         return loss.item()
 
     return step
 
 
-def naive_step_fn(model_name, batch):
+def naive_step_fn(model_name, batch, device="cpu"):
     base, _ = load_model_and_tokenizer(model_name)
+    base.to(device)
+    batch = {key: value.to(device) for key, value in batch.items()}
     reference = copy.deepcopy(base).eval().requires_grad_(False)  # a second full copy of the weights
     model = get_peft_model(base, ModelArgs().lora_config())
     model.train()
@@ -113,14 +135,15 @@ def main():
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--probe", default=None, help="probe directory for the `probe` mode")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast)")
     args = parser.parse_args()
 
     _, tokenizer = load_model_and_tokenizer(args.model)
     dataset, batch = make_batch(tokenizer, args.data_dir, args.batch_size, args.max_length)
     steps = {
-        mode: naive_step_fn(args.model, batch)
+        mode: naive_step_fn(args.model, batch, args.device)
         if mode == "naive"
-        else tether_step_fn(mode, args.model, dataset, tokenizer, batch, args.probe)
+        else tether_step_fn(mode, args.model, dataset, tokenizer, batch, args.probe, args.device, args.data_dir)
         for mode in args.modes
     }
     times = {mode: [] for mode in args.modes}
@@ -128,8 +151,12 @@ def main():
         steps[mode]()  # warm-up
     for _ in range(args.steps):
         for mode in args.modes:
+            if args.device != "cpu":
+                torch.cuda.synchronize()
             start = time.perf_counter()
             steps[mode]()
+            if args.device != "cpu":
+                torch.cuda.synchronize()
             times[mode].append(time.perf_counter() - start)
     median = {mode: statistics.median(t) for mode, t in times.items()}
     result = {
@@ -140,8 +167,16 @@ def main():
         "seconds_per_step_median": median,
         "seconds_per_step_all": times,
     }
+    # the process's peak: GPU memory allocated, or resident memory on CPU (one mode per process to compare modes)
+    if args.device == "cpu":
+        result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if "none" in median:
         result["ratio_to_none"] = {mode: median[mode] / median["none"] for mode in median}
+        result["paired_ratio_to_none"] = {mode: spread(times[mode], times["none"]) for mode in median}
+        # the whole run's cost: a periodic check (the canary's) lands on some steps only
+        result["total_ratio_to_none"] = {mode: sum(times[mode]) / sum(times["none"]) for mode in median}
     if "probe" in median and "adaptive" in median:
         result["probe_over_adaptive"] = median["probe"] / median["adaptive"]
     if "naive" in median and "adaptive" in median:
@@ -150,6 +185,13 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def spread(times: list[float], baseline: list[float]) -> dict:
+    """The paired ratios times[i] / baseline[i]: their median, quartiles and extremes."""
+    ratios = sorted(t / b for t, b in zip(times, baseline, strict=True))
+    q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"median": q2, "q1": q1, "q3": q3, "min": ratios[0], "max": ratios[-1]}
 
 
 if __name__ == "__main__":

@@ -334,28 +334,44 @@ CASES = {
         "prompt source not found: nothing.jsonl",
     ),
     "canary-sft": (
-        [*TRAIN, "--regularizer", "none", "--canary_prompts", "benign.txt"],
+        [*TRAIN, "--regularizer", "none", "--canary_prompts", "benign.txt", "--canary_every", "3"],
         "canary_prompts raises the KL weight; it needs regularizer fixed or adaptive",
     ),
-    "canary_every-0": (
-        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_every", "0"],
-        "canary_every must be at least 1, got 0",
+    "canary_every-negative": (
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_every", "-1"],
+        "canary_every must be at least 1, or 0 to turn drift control off; got -1",
     ),
     "canary_tolerance-1": (
-        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_tolerance", "1"],
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_every", "3", "--canary_tolerance", "1"],
         "canary_tolerance must be in [0, 1), got 1.0",
     ),
     "canary_gain-1": (
-        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_gain", "1"],
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_every", "3", "--canary_gain", "1"],
         "canary_gain must be a finite number > 1, got 1.0",
     ),
     "canary_max_multiplier-0.5": (
-        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_max_multiplier", "0.5"],
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_every", "3", "--canary_max_multiplier", "0.5"],
         "canary_max_multiplier must be a finite number >= 1, got 0.5",
     ),
     "canary-missing": (
-        [*TRAIN, "--canary_prompts", "nothing.jsonl"],
+        [*TRAIN, "--canary_prompts", "nothing.jsonl", "--canary_every", "3"],
         "prompt source not found: nothing.jsonl",
+    ),
+    "canary_every-0-with-prompts": (
+        [*TRAIN, "--canary_prompts", "benign.txt"],  # tiny.yaml sets canary_every 0
+        "canary_every 0 turns drift control off, but canary_prompts is 'benign.txt'; drop one",
+    ),
+    "asft-unaligned-missing": (
+        [*TRAIN, "--regularizer", "none", "--asft_unaligned", "./nothing-here"],
+        "model path ./nothing-here does not exist",
+    ),
+    "asft_lambda-negative": (
+        [*TRAIN, "--regularizer", "none", "--asft_unaligned", "tiny-llama", "--asft_lambda", "-1"],
+        "asft_lambda must be a finite number >= 0, got -1.0",
+    ),
+    "asft-full-fine-tuning": (
+        [*TRAIN, "--regularizer", "none", "--asft_unaligned", "tiny-llama", "--use_peft", "false"],
+        "AsFT penalizes the LoRA update; it needs use_peft: true",
     ),
     "constrained_sft-adaptive": (
         [*TRAIN, "--constrained_sft", "true"],

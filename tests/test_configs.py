@@ -102,3 +102,18 @@ def test_the_fsdp_config_passes_the_engine_checks(monkeypatch):
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
     check_fsdp(plugin, frozen_copy=True)
+
+
+def test_tether_defaults_are_the_validated_choice(tmp_path):
+    """`regularizer: adaptive` with nothing else set runs the settings chosen on validation prompts, which the
+    safe-reference bench writes out; `fixed` (C-SFT) keeps the published uniform KL and no drift control."""
+    from tether.bench.config import load_bench_config
+    from tether.trainer import TetherConfig
+
+    bench = load_bench_config(ROOT / "configs" / "bench" / "safe-reference.yaml")
+    chosen = next(m for m in bench.methods if m.name == "A-Reg refusal + depth KL + canary").train
+    config = TetherConfig(output_dir=str(tmp_path))
+    assert {name: getattr(config, name) for name in chosen} == chosen
+    fixed = TetherConfig(output_dir=str(tmp_path), regularizer="fixed")
+    assert (fixed.kl_prefix_tokens, fixed.kl_prefix_scale, fixed.canary_prompts) == (0, 1.0, None)
+    assert TetherConfig(output_dir=str(tmp_path), canary_every=0).canary_prompts is None

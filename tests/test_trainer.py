@@ -174,7 +174,9 @@ def test_canary_callback_measures_the_refusal_and_scales_the_kl(tiny_model, toke
     from tether.weights import CanaryController
 
     canary = [[{"role": "user", "content": "placeholder request one"}], [{"role": "user", "content": "two"}]]
-    config = make_config(tmp_path, canary_prompts="canary.txt", canary_every=1, canary_tolerance=0.0, max_steps=3)
+    config = make_config(
+        tmp_path, canary_prompts="canary.txt", canary_every=1, canary_tolerance=0.0, max_steps=3, kl_prefix_tokens=0
+    )
     trainer = make_trainer(tiny_model, tokenizer, rows, config)
     callback = CanaryCallback(trainer, canary, every=1)
     trainer.add_callback(callback)

@@ -21,7 +21,9 @@ def _jsonl(path, rows):
 
 def write_mini_data_dir(root):
     harmful = [f"placeholder request number {i}" for i in range(12)]
-    _csv(root / "advbench/harmful_behaviors.csv", ["goal", "target"], [[h, "Sure"] for h in harmful])
+    # 20 behaviours: enough for tether's default canary set, `advbench:~16`
+    behaviours = harmful + [f"placeholder behaviour {i}" for i in range(8)]
+    _csv(root / "advbench/harmful_behaviors.csv", ["goal", "target"], [[h, "Sure"] for h in behaviours])
     _csv(
         root / "advbench_llama2_refusals/SFT_aligned_llama2-7b-chat-hf_train_short.csv",
         ["", "prompt", "response", "text"],

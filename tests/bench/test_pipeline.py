@@ -208,7 +208,11 @@ def test_demo_config_is_valid_and_printable(capsys):
     from tether.cli.demo import DEMO_CONFIG
 
     config = bench_config_from_dict(yaml.safe_load(DEMO_CONFIG.read_text()))
-    assert {m.name for m in config.methods} == {"SFT", "C-SFT", "A-Reg probe"}
+    assert {m.name: m.train for m in config.methods} == {
+        "SFT": {"regularizer": "none"},
+        "C-SFT": {"regularizer": "fixed", "beta": 0.9},
+        "tether default": {},  # nothing set: the defaults, no probe to fit
+    }
     assert main(["demo", "--print_config"]) == 0 and "pure-bad" in capsys.readouterr().out
 
 
@@ -261,7 +265,8 @@ def test_second_config_in_the_same_directory_reuses_stages_and_joins_the_report(
     (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
     assert main(["bench", "--config", str(tmp_path / "second.yaml"), "--out_dir", str(copy)]) == 0
     err = capsys.readouterr().err
-    assert err.count("training (") == 1 and "reference: cached" in err and "probe: cached" in err
+    # the probe is neither refit nor read: none of these runs has the probe critic
+    assert err.count("training (") == 1 and "reference: cached" in err and "probe:" not in err
     rows = json.loads((copy / "report" / "results.json").read_text())["rows"]
     assert len(rows) == 16 and {"pure-small", "pure", "mix-0.2"} <= {r["scenario"] for r in rows}
     # a run with other seeds, then one with the first seeds again: the report keeps every seed's runs

@@ -17,6 +17,7 @@ import importlib
 from tether.errors import TetherInputError
 
 BASELINES = {
+    "asft": "tether.baselines.asft:AsFTTrainer",
     "constrained_sft": "tether.baselines.constrained_sft:ConstrainedSFTTrainer",
     "lisa": "tether.baselines.lisa:LisaTrainer",
     "vaccine": "tether.baselines.vaccine:VaccineTrainer",

@@ -30,6 +30,7 @@ from tether.errors import TetherInputError
 from tether.evaluation.run import evaluate_to_dir
 from tether.run_files import atomic_dir, run_lock, staging_path, write_text_atomic
 from tether.runner import train_from_settings
+from tether.trainer import TetherConfig
 
 
 def log(message: str) -> None:
@@ -77,12 +78,13 @@ class Bench:
             self.evaluate("base", self.config.model)
         self.align_reference()
         self.evaluate("reference", self.reference_model)
-        self.fit_probe()
         matrix = [
             (s, m, seed)
             for s, m, seed in self.config.runs()
             if (not scenarios or s.name in scenarios) and (not methods or m.name in methods)
         ]
+        if any(self.uses_probe(s, self.config.trained(m)) for s, m, _ in matrix):
+            self.fit_probe()
         for utility in sorted({self.config.own_utility(s) for s, _, _ in matrix} - {None}):
             self.evaluate(reference_utility_key(utility), self.reference_model, utility, nll_only=True)
         for i, (scenario, method, seed) in enumerate(matrix, start=1):
@@ -152,7 +154,12 @@ class Bench:
         merge_run(run_dir, final)
         self.record("reference", spec)
 
-    # ---- stage 2: the probe
+    # ---- stage 2: the probe, fit when a run's critic is the probe
+    def uses_probe(self, scenario: Scenario, method: Method) -> bool:
+        settings = {**self.config.train, **scenario.train, **method.train}
+        adaptive = settings.get("regularizer", TetherConfig.regularizer) == "adaptive"
+        return adaptive and settings.get("critic", TetherConfig.critic) == "probe"
+
     def fit_probe(self) -> None:
         spec = self.config.probe
         if spec is None:
@@ -201,7 +208,7 @@ class Bench:
             "dataset": str(data),
             "seed": seed,
         }
-        if settings.get("regularizer", "adaptive") == "adaptive" and settings.get("critic") == "probe":
+        if self.uses_probe(scenario, method):
             settings.setdefault("probe_path", str(self.probe_dir))
         self.train_once(f"{scenario.name} / {method.name}", run_dir, settings)
         return run_dir
@@ -317,10 +324,13 @@ class Bench:
 def check_canaries(config: BenchConfig) -> None:
     """Refuse a `canary_prompts` set (drift control) that shares a prompt with an evaluation benchmark: the controller
     would be trained to hold exactly what is then measured."""
+    from tether.trainer.tether_config import resolved_canary_prompts
+
     canaries = {
-        settings["canary_prompts"]
-        for settings in [config.train, *(s.train for s in config.scenarios), *(m.train for m in config.methods)]
-        if (settings or {}).get("canary_prompts")
+        canary
+        for scenario in config.scenarios
+        for method in config.methods
+        if (canary := resolved_canary_prompts({**config.train, **scenario.train, **config.trained(method).train}))
     }
     if not canaries:
         return
@@ -401,25 +411,33 @@ def _as_dict(config: BenchConfig) -> dict:
 
 
 def check_tether_defaults(run_dir: Path, settings: dict) -> None:
-    """A cached run's tether fields that its config left unset must still hold tether's current defaults: a changed
-    default (say `alpha_mode`) would otherwise pass as the same experiment. SFTConfig's own fields are not checked, nor
-    fields that cannot change the run's loss (any under `regularizer: none`; `gate` vs `paper` under `fixed`)."""
+    """A cached run's tether fields that its config left unset must still hold tether's current defaults for its
+    regularizer: a changed default (say `alpha_mode`) would otherwise pass as the same experiment. SFTConfig's own
+    fields are not checked, nor fields that cannot change the run's loss: any under `regularizer: none`, the critic's
+    under `fixed` (no risk; there `gate` and `paper` both mean α = 1 − β), the controller's without canary prompts."""
     from trl import SFTConfig
 
     from tether.trainer import TetherConfig
+    from tether.trainer.tether_config import CRITIC_FIELDS, tether_defaults
 
     trained = yaml.safe_load((run_dir / "config.yaml").read_text())["training"]
-    if trained.get("regularizer") == "none":
+    regularizer = trained.get("regularizer")
+    if regularizer == "none":
         return  # plain SFT: no tether field changes its loss
     for f in dataclasses.fields(TetherConfig):
         if f.name in settings or f.name in SFTConfig.__dataclass_fields__ or f.name not in trained:
             continue
         if f.name == "restart":  # how the run started, not what it trained
             continue
+        if regularizer == "fixed" and (f.name in CRITIC_FIELDS or f.name == "alpha_mode"):
+            if f.name != "alpha_mode" or {trained[f.name], f.default} <= {"gate", "paper"}:
+                continue
+        if f.name.startswith("canary_") and f.name != "canary_prompts" and not trained.get("canary_prompts"):
+            continue  # drift control off: its settings are inert
+        if f.name == "kl_prefix_scale" and not trained.get("kl_prefix_tokens"):
+            continue  # no depth-aware KL
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        fixed_alpha = f.name == "alpha_mode" and trained["regularizer"] == "fixed"
-        if fixed_alpha and {trained[f.name], default} <= {"gate", "paper"}:
-            continue  # without a risk both mean α = 1 − β
+        default = tether_defaults(settings).get(f.name, default)
         if trained[f.name] != default:
             raise TetherInputError(
                 f"{run_dir} was trained with {f.name} = {trained[f.name]!r}, which the config leaves to tether's "

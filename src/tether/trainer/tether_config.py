@@ -14,6 +14,18 @@ from tether.errors import TetherInputError
 from tether.weights import CanaryController, FixedWeights, RiskWeights
 
 REGULARIZERS = ("none", "fixed", "adaptive")
+# tether's defaults under `regularizer: adaptive` (with `critic: refusal`), chosen on validation prompts
+# (configs/bench/default-validation.yaml, docs/bench.md): depth-aware KL on the first 5 response tokens and the canary
+# drift control. Under `fixed` (C-SFT) and `none` (SFT) the published methods: a uniform KL, no drift control.
+ADAPTIVE_DEFAULTS = {"kl_prefix_tokens": 5, "kl_prefix_scale": 10.0, "canary_prompts": "advbench:~16"}
+UNIFORM_KL = {"kl_prefix_tokens": 0, "kl_prefix_scale": 1.0}
+# the fields that only a risk (`regularizer: adaptive`) reads
+CRITIC_FIELDS = frozenset(
+    "critic critic_value probe_path risk_ema risk_saturation risk_calibration risk_calibration_quantile granularity "
+    "beta_min beta_max weight_map judge_url judge_model judge_api_key_env judge_concurrency judge_failure_policy "
+    "judge_max_failure_rate judge_cache_dir judge_generations_every judge_generations_prompts "
+    "judge_generations_max_new_tokens".split()
+)
 
 
 @dataclass
@@ -57,17 +69,18 @@ class TetherConfig(SFTConfig):
         `forward` KL(π_ref ‖ π_θ) or `reverse` KL(π_θ ‖ π_ref). β values do not transfer between the two.
     kl_scale (`float`, defaults to `1.0`):
         Multiplies the KL term. Set it to the gradient-accumulation steps to mimic the official code's scaling.
-    kl_prefix_tokens (`int`, defaults to `0`), kl_prefix_scale (`float`, defaults to `1.0`):
+    kl_prefix_tokens (`int`, defaults to `5` under `regularizer: adaptive`, else `0`), kl_prefix_scale (`float`,
+    defaults to `10.0` under `adaptive`, else `1.0`):
         Depth-aware KL: the KL weight of each response's first `kl_prefix_tokens` tokens is multiplied by
         `kl_prefix_scale` (Qi et al. 2024, arXiv 2406.05946: an aligned model's refusal is decided in the first few
         response tokens, so a fine-tune that keeps those close to the reference keeps its refusals). Combines with the
-        per-example β; 0 tokens turns it off.
+        per-example β; 0 tokens turns it off. C-SFT (`fixed`) keeps the published uniform KL unless these are set.
     logits_chunk_size (`int`, defaults to `0`):
         Response positions per LM-head chunk; 0 picks the size that keeps one chunk of float32 logits under 24 MiB.
 
     > Parameters that control the critic
 
-    critic (`str`, defaults to `"label"`):
+    critic (`str`, defaults to `"refusal"`):
         The safety critic of `regularizer: adaptive`: `label` (risk read from the dataset's risk column, an oracle),
         `refusal` (the reference's probability of starting its reply with a refusal, read from the KL's reference
         pass: needs no fitting), `probe` (an activation probe on the reference model, `probe_path`), `judge` (an LLM
@@ -92,15 +105,15 @@ class TetherConfig(SFTConfig):
 
     > Parameters that control drift (`docs/method.md` §4)
 
-    canary_prompts (`str`, *optional*):
+    canary_prompts (`str`, defaults to `"advbench:~16"` under `regularizer: adaptive`, else none):
         Harmful prompts (a named set such as `advbench:~32`, or a file) that no evaluation uses. Every
         `canary_every` optimizer steps the policy's refusal mass on them (the probability of a refusal opening as the
         first response token) is compared with the reference's; when it has fallen by more than `canary_tolerance`
         (relative), every row's KL weight is multiplied by `canary_gain`, up to `canary_max_multiplier`, and it
         relaxes by the same factor once the fall is under half the tolerance. Logged as `canary/*` in
         `metrics.jsonl`; the multiplier is restored on resume.
-    canary_every (`int`, defaults to `10`), canary_tolerance (`float`, defaults to `0.1`), canary_gain (`float`,
-    defaults to `2.0`), canary_max_multiplier (`float`, defaults to `64.0`):
+    canary_every (`int`, defaults to `3`; `0` turns drift control off), canary_tolerance (`float`, defaults to
+    `0.1`), canary_gain (`float`, defaults to `2.0`), canary_max_multiplier (`float`, defaults to `64.0`):
         The controller's period, tolerated relative fall, step factor and ceiling.
 
     > Parameters that control the run
@@ -133,12 +146,15 @@ class TetherConfig(SFTConfig):
     granularity: str = field(default="example", metadata={"help": "example or batch."})
     kl_direction: str = field(default="forward", metadata={"help": "forward KL(ref||policy) or reverse."})
     kl_scale: float = field(default=1.0, metadata={"help": "Multiplier of the KL term."})
-    kl_prefix_tokens: int = field(
-        default=0, metadata={"help": "Depth-aware KL: the first N response tokens get kl_prefix_scale x the KL."}
+    kl_prefix_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Depth-aware KL: the first N response tokens get kl_prefix_scale x the KL (adaptive: 5)."},
     )
-    kl_prefix_scale: float = field(default=1.0, metadata={"help": "KL multiplier on the first kl_prefix_tokens."})
+    kl_prefix_scale: float | None = field(
+        default=None, metadata={"help": "KL multiplier on the first kl_prefix_tokens (adaptive: 10)."}
+    )
     logits_chunk_size: int = field(default=0, metadata={"help": "Response positions per LM-head chunk; 0 = auto."})
-    critic: str = field(default="label", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
+    critic: str = field(default="refusal", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
     critic_value: float = field(default=0.0, metadata={"help": "Risk given by the constant critic."})
     probe_path: str | None = field(default=None, metadata={"help": "Probe directory for critic=probe."})
     judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL for critic=judge."})
@@ -154,9 +170,10 @@ class TetherConfig(SFTConfig):
     judge_generations_prompts: int = field(default=8, metadata={"help": "Training prompts judged each time."})
     judge_generations_max_new_tokens: int = field(default=64, metadata={"help": "Length of those replies."})
     canary_prompts: str | None = field(
-        default=None, metadata={"help": "Harmful canary prompts whose refusal drives a KL multiplier (drift control)."}
+        default=None,
+        metadata={"help": "Harmful canary prompts whose refusal drives a KL multiplier (adaptive: advbench:~16)."},
     )
-    canary_every: int = field(default=10, metadata={"help": "Optimizer steps between canary checks."})
+    canary_every: int = field(default=3, metadata={"help": "Optimizer steps between canary checks; 0 turns them off."})
     canary_tolerance: float = field(default=0.1, metadata={"help": "Tolerated relative fall of the canary refusal."})
     canary_gain: float = field(default=2.0, metadata={"help": "Factor of the KL multiplier per check."})
     canary_max_multiplier: float = field(default=64.0, metadata={"help": "Ceiling of the KL multiplier."})
@@ -176,6 +193,8 @@ class TetherConfig(SFTConfig):
 
     def __post_init__(self):
         check_choice("regularizer", self.regularizer, REGULARIZERS)
+        canary_prompts_set = self.canary_prompts
+        self.resolve_defaults()
         check_choice("alpha_mode", self.alpha_mode, ("gate", "paper", "one"))
         check_choice("weight_map", self.weight_map, ("linear", "official"))
         check_choice("granularity", self.granularity, ("example", "batch"))
@@ -233,11 +252,17 @@ class TetherConfig(SFTConfig):
             )
         if self.risk_calibration and self.regularizer != "adaptive":
             raise TetherInputError("risk_calibration needs regularizer adaptive (it scales a critic's risk)")
+        if self.canary_every == 0 and canary_prompts_set:
+            raise TetherInputError(
+                f"canary_every 0 turns drift control off, but canary_prompts is {canary_prompts_set!r}; drop one"
+            )
+        if self.canary_every < 0:
+            raise TetherInputError(
+                f"canary_every must be at least 1, or 0 to turn drift control off; got {self.canary_every}"
+            )
         if self.canary_prompts:
             if self.regularizer == "none":
                 raise TetherInputError("canary_prompts raises the KL weight; it needs regularizer fixed or adaptive")
-            if self.canary_every < 1:
-                raise TetherInputError(f"canary_every must be at least 1, got {self.canary_every}")
             if not 0.0 <= self.canary_tolerance < 1.0:
                 raise TetherInputError(f"canary_tolerance must be in [0, 1), got {self.canary_tolerance}")
             if not 1.0 < self.canary_gain < math.inf:
@@ -251,6 +276,14 @@ class TetherConfig(SFTConfig):
         if self.bf16 is None:  # TRL turns bf16 on by default, which fails on CPU; follow the hardware instead
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
+
+    def resolve_defaults(self) -> None:
+        """Fill the settings left unset with tether's defaults for the regularizer (`ADAPTIVE_DEFAULTS` under
+        `adaptive`, chosen on validation prompts: docs/bench.md; the published uniform KL and no drift control under
+        `fixed` and `none`), so that the saved config records what ran."""
+        names = ("regularizer", "canary_every", *ADAPTIVE_DEFAULTS)
+        for name, value in tether_defaults({name: getattr(self, name) for name in names}).items():
+            setattr(self, name, value)
 
     def make_canary_controller(self) -> CanaryController | None:
         if not self.canary_prompts:
@@ -273,6 +306,22 @@ class TetherConfig(SFTConfig):
             alpha_mode=self.alpha_mode,
             weight_map=self.weight_map,
         )
+
+
+def tether_defaults(settings: dict) -> dict:
+    """The values `resolve_defaults` gives the regularizer-dependent fields that `settings` (TetherConfig fields)
+    leaves unset: `ADAPTIVE_DEFAULTS` under `adaptive`, `UNIFORM_KL` otherwise; no canary set with `canary_every` 0."""
+    regularizer = settings.get("regularizer", "adaptive")
+    defaults = ADAPTIVE_DEFAULTS if regularizer == "adaptive" else UNIFORM_KL
+    filled = {name: value for name, value in defaults.items() if settings.get(name) is None}
+    if settings.get("canary_every") == 0:  # drift control off
+        filled["canary_prompts"] = None
+    return filled
+
+
+def resolved_canary_prompts(settings: dict) -> str | None:
+    """The canary set a run of these TetherConfig settings uses, explicit or tether's default."""
+    return {**settings, **tether_defaults(settings)}.get("canary_prompts")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
