@@ -1,6 +1,7 @@
 """`tether demo`: the smallest meaningful bench, embedded in the package, offline on the default data directory:
-align SmolLM2-135M-Instruct, fit the probe, attack it with the 100 pure-harmful pairs under SFT, C-SFT and A-Reg
-(probe), evaluate, and write the table and the β plot. A rerun reuses every finished stage."""
+align SmolLM2-135M-Instruct, attack it with the 100 pure-harmful pairs under SFT, C-SFT and tether's defaults,
+evaluate, and write the table (each target marked met or missed) and the β plot. A rerun reuses every finished
+stage."""
 
 from __future__ import annotations
 
