@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tether.baselines.safe_lora import alignment_differences, lora_layers
 from tether.errors import TetherInputError
 from tether.trainer import TetherConfig, TetherTrainer
 
@@ -55,15 +56,8 @@ class AsFTConfig(TetherConfig):
 def alignment_directions(unaligned, aligned, names: list[str]) -> dict[str, torch.Tensor]:
     """V / ‖V‖_F^{1/2} for each module `name`, V = W_aligned − W_unaligned (out, in), float32: then C B = v (vᵀ B)
     with v the returned tensor. A direction of zero everywhere is refused (nothing to anchor to)."""
-    base, safe = dict(unaligned.named_modules()), dict(aligned.named_modules())
     directions = {}
-    for name in names:
-        if name not in base or base[name].weight.shape != safe[name].weight.shape:
-            raise TetherInputError(
-                f"asft_unaligned has no weight {name} of the reference's shape; pass the model the reference was "
-                "aligned from (same architecture)"
-            )
-        v = (safe[name].weight - base[name].weight).detach().float()  # (out, in)
+    for name, v in alignment_differences(unaligned, aligned, names, "asft_unaligned").items():  # (out, in)
         norm = torch.linalg.matrix_norm(v)
         directions[name] = v / norm.sqrt() if norm > 0 else v
     if not any(v.any() for v in directions.values()):
@@ -98,8 +92,6 @@ class AsFTTrainer(TetherTrainer):
 
     def __init__(self, model, args: AsFTConfig, directions: dict[str, torch.Tensor] | None = None, **kwargs):
         super().__init__(model, args, **kwargs)
-        from tether.baselines.safe_lora import lora_layers
-
         unwrapped = self.accelerator.unwrap_model(self.model)
         self._asft_layers = lora_layers(unwrapped)
         if not self._asft_layers:

@@ -21,17 +21,25 @@ from tether.errors import TetherInputError
 from tether.run_files import locks_output
 
 
-def alignment_projections(unaligned, aligned, names: list[str]) -> dict[str, torch.Tensor]:
-    """C = V Vᵀ / ‖V‖_F, V = W_aligned − W_unaligned, for each module `name` ("model.layers.0.self_attn.q_proj")."""
+def alignment_differences(unaligned, aligned, names: list[str], option: str) -> dict[str, torch.Tensor]:
+    """V = W_aligned − W_unaligned (out, in), float32, for each module `name` ("model.layers.0.self_attn.q_proj"); a
+    weight `unaligned` lacks or shapes otherwise is an error naming `option`, the input that gave it."""
     base, safe = dict(unaligned.named_modules()), dict(aligned.named_modules())
-    projections = {}
+    differences = {}
     for name in names:
         if name not in base or base[name].weight.shape != safe[name].weight.shape:
             raise TetherInputError(
-                f"--unaligned has no weight {name} of the aligned model's shape; pass the model the reference was "
+                f"{option} has no weight {name} of the aligned model's shape; pass the model the reference was "
                 "aligned from (same architecture)"
             )
-        v = (safe[name].weight - base[name].weight).detach().float()  # (out, in)
+        differences[name] = (safe[name].weight - base[name].weight).detach().float()  # (out, in)
+    return differences
+
+
+def alignment_projections(unaligned, aligned, names: list[str]) -> dict[str, torch.Tensor]:
+    """C = V Vᵀ / ‖V‖_F, V = W_aligned − W_unaligned, for each module `name` (`alignment_differences`)."""
+    projections = {}
+    for name, v in alignment_differences(unaligned, aligned, names, "--unaligned").items():
         norm = torch.linalg.matrix_norm(v)
         projections[name] = v @ v.T / norm if norm > 0 else torch.zeros(v.shape[0], v.shape[0])  # (out, out)
     return projections
