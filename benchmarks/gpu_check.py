@@ -1,8 +1,9 @@
 """A ready GPU check: tether on one GPU in under 8 minutes, printing what a user deciding to adopt it wants to know.
 
 1. the machine: GPU, torch, CUDA, bf16;
-2. step time of plain SFT, A-Reg as the paper sets it, tether's default and a naive KL (modes interleaved in one
-   process: `benchmarks/train_step.py --device cuda`), and each mode's peak GPU memory in its own process;
+2. step time of plain SFT, A-Reg as the paper sets it and tether's default (each with the reference cache cold, as
+   in a first epoch, and warm, as in later ones) and a naive KL (modes interleaved in one process:
+   `benchmarks/train_step.py --device cuda`), and each mode's peak GPU memory in its own process;
 3. the demo's pure attack on SmolLM2-135M-Instruct, bf16 on the GPU (`configs/bench/gpu-check.yaml`: the safe
    reference, then SFT, C-SFT and tether's default) and its ASR table;
 4. a 2-process FSDP step (`accelerate launch --config_file configs/accelerate/fsdp.yaml`), when the machine has two
@@ -84,7 +85,7 @@ def main() -> None:
     device = ["--device", "cpu" if args.small else "cuda"]
     model = ["--model", "tiny-llama" if args.small else "smollm2-135m-instruct"]
     step = [python, "benchmarks/train_step.py", *model, *device, *data]
-    modes = ["none", "adaptive", "default", "naive"]
+    modes = ["none", "adaptive", "adaptive-cached", "default", "default-cached", "naive"]
     summary["seconds"]["step_time"] = run(
         [*step, "--modes", *modes, "--steps", "3" if args.small else "9", "--out", str(out / "train_step.json")],
         out / "train_step.log",

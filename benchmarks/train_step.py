@@ -7,6 +7,8 @@ All modes train the same LoRA adapter (r 16, every projection) on the same batch
 - `probe`: as `adaptive`, with `critic: probe` (`--probe PATH`): the probe reads the reference pass's states;
 - `default`: tether's defaults (`refusal` critic read from the reference pass, depth-aware KL) with the canary drift
   check (16 AdvBench prompts, one no-grad forward) run after every third step, as `tether train` runs it;
+- `adaptive-cached`, `default-cached`: the same with the reference cache warm (an epoch after the first: every
+  example was seen, so no reference forward runs); `adaptive` and `default` run with the cache off (a first epoch);
 - `naive`: a second full copy of the model as the reference, and NLL + KL over every position's full logits
   (B × T × V), masked afterwards: how a straightforward implementation does it.
 
@@ -15,6 +17,7 @@ times, and the spread of the paired ratios (step i of a mode over step i of `non
 Peak memory needs one process per mode: `benchmarks/train_step.sh` runs each under `/usr/bin/time -v`.
 
     python benchmarks/train_step.py --modes none adaptive default naive --steps 9
+    python benchmarks/train_step.py --modes none adaptive adaptive-cached default default-cached --steps 9
     python benchmarks/train_step.py --device cuda --modes none default   # on a GPU, bf16
 """
 
@@ -25,6 +28,7 @@ import copy
 import json
 import resource
 import statistics
+import tempfile
 import time
 from types import SimpleNamespace
 
@@ -50,9 +54,12 @@ def make_batch(tokenizer, data_dir, batch_size, max_length):
 
 def tether_step_fn(mode, model_name, dataset, tokenizer, batch, probe_path=None, device="cpu", data_dir=None):
     model, _ = load_model_and_tokenizer(model_name)
+    cached = mode.endswith("-cached")  # the warm-up step fills the cache, every timed step reads it
+    mode = mode.removesuffix("-cached")
     paper = {"critic": "probe" if mode == "probe" else "label", "kl_prefix_tokens": 0, "canary_every": 0}
     config = TetherConfig(
-        output_dir="/tmp/tether-bench",
+        output_dir=tempfile.mkdtemp(prefix="tether-bench-"),  # each mode its own reference cache
+        reference_cache=cached,
         regularizer="adaptive" if mode in ("probe", "default") else mode,
         **({} if mode == "default" else paper),
         probe_path=probe_path,

@@ -27,6 +27,23 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
+def test_ddp_reads_the_reference_cache_in_the_second_epoch(tmp_path):
+    """Two processes, two epochs, the refusal critic (its score is cached with the reference states): each process
+    writes its own shards, reads the other's after the first epoch, and every step of the second epoch runs no
+    reference forward; the named cache folder is kept."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tether.cli", "train"]
+    settings = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(run), "--critic", "refusal"]
+    settings += ["--num_train_epochs", "2", "--reference_cache_dir", str(cache), "--per_device_train_batch_size", "4"]
+    run_ok([*launch, *settings, "--disable_tqdm", "true", "--use_cpu", "true"])
+    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    cached = [log["reference/cached"] for log in logs if "reference/cached" in log]
+    assert cached == [0.0] * 4 + [1.0] * 4  # 32 rows, 2 processes x 4 rows a step: 4 steps an epoch
+    (folder,) = cache.iterdir()
+    assert len(list(folder.glob("part-*.safetensors"))) == 2  # one shard per process, written at the epoch's end
+
+
 def test_ddp_two_processes_on_cpu(tmp_path):
     run = tmp_path / "run"
     accelerate = str(Path(sys.executable).parent / "accelerate")
@@ -110,16 +127,16 @@ def train_steps(run: Path, *overrides: str, launch: tuple[str, ...] = ()) -> tup
     steps and stdout. No LoRA dropout: the processes of a sharded run draw other dropout masks than one process."""
     command = [*launch, "train"] if launch else [str(BIN / "tether"), "train"]
     settings = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(run), "--max_steps", "2"]
-    result = subprocess.run(
-        [*command, *settings, "--lora_dropout", "0", "--disable_tqdm", "true", *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=ENV,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok([*command, *settings, "--lora_dropout", "0", "--disable_tqdm", "true", *overrides])
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [log for log in logs if "loss/nll" in log], result.stdout
+
+
+def run_ok(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a command to its end (10 minutes at most); it must succeed."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def accelerate_launch(config: str, *options: str) -> tuple[str, ...]:

@@ -97,7 +97,14 @@ def assert_same_results(resumed: Path, reference: Path) -> None:
 CANARY = ["--canary_prompts", "{tmp}/canary.txt", "--canary_every", "1", "--canary_tolerance", "0"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--risk_ema", "0.9"], CANARY], ids=["default", "risk_ema", "canary"])
+TWO_EPOCHS = ["--per_device_train_batch_size", "8"]  # 32 rows: 4 steps an epoch, the second read from the cache
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--risk_ema", "0.9"], CANARY, TWO_EPOCHS],
+    ids=["default", "risk_ema", "canary", "reference_cache"],
+)
 def test_a_killed_run_resumes_to_the_uninterrupted_result(extra, tmp_path, capsys):
     (tmp_path / "canary.txt").write_text("placeholder request one\nplaceholder request two\n")
     extra = [a.format(tmp=tmp_path) for a in extra]
@@ -119,6 +126,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(extra, tmp_path, capsy
     assert code == 0
     assert f"tether: resuming {run} from {checkpoints[-1].name} (pass --restart to start over)\n" in err
     assert_same_results(run, tmp_path / "reference")
+    assert not (run / "reference_cache").exists()  # the run's own cache goes when the run completes
+    if extra == TWO_EPOCHS:  # the resumed run read the second epoch from the cache the killed one left, or refilled
+        logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [log["reference/cached"] for log in logs if "reference/cached" in log][4:] == [1.0] * 4
 
 
 def test_lisa_resumes_from_a_checkpoint_named_inside_the_staging_folder(tmp_path, capsys):

@@ -35,7 +35,7 @@ from tether.model_card import run_card
 from tether.modeling import load_model_and_tokenizer
 from tether.run_files import environment, run_lock, staging_path
 from tether.trainer import CanaryCallback, JudgeGenerationsCallback, MetricsFileCallback, TetherConfig
-from tether.trainer.tether_trainer import TETHER_STATE
+from tether.trainer.tether_trainer import REFERENCE_CACHE, TETHER_STATE
 
 
 def load_training_rows(data: DataArgs, seed: int) -> tuple[list[dict], dict]:
@@ -201,6 +201,8 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
             card = run_card(resolved, summary, environment(), model_args.use_peft)
             for folder in (staging, weights_dir):  # the run's card; the weights folder is what push_to_hub uploads
                 (folder / "README.md").write_text(card)
+            if not config.reference_cache_dir:  # the run's own cache: only a resumed run reads it
+                shutil.rmtree(staging / REFERENCE_CACHE, ignore_errors=True)
             staging.rename(final_dir)
         trainer.accelerator.wait_for_everyone()
     except BaseException as error:

@@ -427,7 +427,7 @@ def check_tether_defaults(run_dir: Path, settings: dict) -> None:
     for f in dataclasses.fields(TetherConfig):
         if f.name in settings or f.name in SFTConfig.__dataclass_fields__ or f.name not in trained:
             continue
-        if f.name == "restart":  # how the run started, not what it trained
+        if f.name in ("restart", "reference_cache", "reference_cache_dir"):  # how it ran, not what it trained
             continue
         if regularizer == "fixed" and (f.name in CRITIC_FIELDS or f.name == "alpha_mode"):
             if f.name != "alpha_mode" or {trained[f.name], f.default} <= {"gate", "paper"}:

@@ -115,3 +115,24 @@ class TetherStateCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
             self.trainer.save_tether_state(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+class ReferenceCacheCallback(TrainerCallback):
+    """Writes the reference cache's pending entries as a shard at each checkpoint, epoch end and the end of training;
+    at an epoch's end every process then indexes the shards the others wrote, so the next epoch finds every example
+    whichever process saw it (`docs/method.md` §1.8)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.reference_cache.flush()
+        if self.trainer.accelerator.num_processes > 1:
+            self.trainer.accelerator.wait_for_everyone()
+            self.trainer.reference_cache.refresh()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer.reference_cache.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.reference_cache.flush()

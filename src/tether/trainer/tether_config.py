@@ -77,6 +77,14 @@ class TetherConfig(SFTConfig):
         per-example β; 0 tokens turns it off. C-SFT (`fixed`) keeps the published uniform KL unless these are set.
     logits_chunk_size (`int`, defaults to `0`):
         Response positions per LM-head chunk; 0 picks the size that keeps one chunk of float32 logits under 24 MiB.
+    reference_cache (`bool`, defaults to `True`), reference_cache_dir (`str`, *optional*):
+        Keep what the loss reads from the reference pass per training example (its LM-head inputs at the response
+        positions and a reading critic's score) on disk, so that a batch of examples seen before, in an earlier epoch
+        or an earlier run on the same reference, runs no reference forward. Exact: the KL is recomputed through the
+        frozen head. Stored under `reference_cache_dir`, one folder per reference, tokenizer and reading critic (safe
+        to delete); by default `reference_cache` in the output directory, which `tether train` keeps while a killed
+        run can resume and removes when the run completes. Name a folder to share it between runs on the same data.
+        Ignored without a reference pass.
 
     > Parameters that control the critic
 
@@ -154,6 +162,12 @@ class TetherConfig(SFTConfig):
         default=None, metadata={"help": "KL multiplier on the first kl_prefix_tokens (adaptive: 10)."}
     )
     logits_chunk_size: int = field(default=0, metadata={"help": "Response positions per LM-head chunk; 0 = auto."})
+    reference_cache: bool = field(
+        default=True, metadata={"help": "Reuse the reference pass of examples seen before (exact; on disk)."}
+    )
+    reference_cache_dir: str | None = field(
+        default=None, metadata={"help": "Reference cache folder, kept (default: in output_dir, removed at the end)."}
+    )
     critic: str = field(default="refusal", metadata={"help": f"Safety critic: {', '.join(CRITICS)}."})
     critic_value: float = field(default=0.0, metadata={"help": "Risk given by the constant critic."})
     probe_path: str | None = field(default=None, metadata={"help": "Probe directory for critic=probe."})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,13 @@ from tether.losses import ResponseLoss, head_log_softmax, prefix_kl_weights, res
 from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
 from tether.run_files import write_text_atomic
 from tether.sharding import check_engine
-from tether.trainer.callbacks import TetherStateCallback
+from tether.trainer.callbacks import ReferenceCacheCallback, TetherStateCallback
+from tether.trainer.reference_cache import CachedExample, ReferenceCache, example_keys, files_digest, fingerprint
 from tether.trainer.tether_config import TetherConfig
 
 TETHER_STATE = "tether_state.json"  # in each checkpoint folder, beside transformers' trainer_state.json
 TETHER_TENSORS = "tether_state.safetensors"
+REFERENCE_CACHE = "reference_cache"  # the reference cache's default folder in the output directory
 
 
 @dataclass
@@ -57,6 +60,8 @@ class ReferenceOutputs:
     features: torch.Tensor | None = None  # the critic's `reference_features`, when it declared reads
     softcap: float | None = None  # the model's final logit soft-capping, if any
     first_logprobs: torch.Tensor | None = None  # (B, V): the critic's `reference_first_logprobs`, when it needs them
+    scores: torch.Tensor | None = None  # (B,): the raw score of a critic that reads the reference
+    cached: bool = False  # read from the reference cache: no forward ran
 
 
 class TetherTrainer(SFTTrainer):
@@ -101,6 +106,10 @@ class TetherTrainer(SFTTrainer):
         self.reference = None
         if self.uses_reference(args):
             self.reference = frozen_copy or AdapterDisabledReference(self.model)
+        self.reference_cache: ReferenceCache | None = None
+        if self.reference is not None and args.reference_cache:
+            self.reference_cache = self.open_reference_cache(args, kwargs["processing_class"])
+            self.add_callback(ReferenceCacheCallback(self))
         if frozen_copy is not None:
             # Replicated on every process, outside DDP, FSDP or DeepSpeed: the reference pass needs no collective
             # and the head weight it hands the fused loss is whole (docs/method.md §1.7)
@@ -110,6 +119,30 @@ class TetherTrainer(SFTTrainer):
     def kl_multiplier(self) -> float:
         """The canary controller's multiplier on every row's KL weight (1 without drift control)."""
         return 1.0 if self.canary is None else self.canary.state
+
+    @property
+    def critic_reads_reference(self) -> bool:
+        """Whether the critic's score reads the reference pass (probe features, first-token log-probabilities)."""
+        return self.reads is not None or (self.critic is not None and "reference_first_logprobs" in self.critic.needs)
+
+    def open_reference_cache(self, args: TetherConfig, tokenizer) -> ReferenceCache:
+        """The cache folder of this reference, tokenizer and reading critic under `reference_cache_dir` (default:
+        `<output_dir>/reference_cache`), hashed before training shards or changes the model."""
+        identity = None
+        if self.critic_reads_reference:
+            critic = self.critic
+            identity = {"class": f"{type(critic).__module__}.{type(critic).__qualname__}", "name": critic.name}
+            if args.probe_path:
+                identity["probe"] = files_digest(args.probe_path)
+        root = args.reference_cache_dir or Path(args.output_dir) / REFERENCE_CACHE
+        digest = [None]
+        if self.accelerator.is_main_process:  # the others may hold meta tensors (cpu-ram-efficient loading)
+            digest = [fingerprint(self.reference.model, tokenizer, identity)]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(digest)
+        return ReferenceCache.open(root, digest[0])
 
     @classmethod
     def uses_reference(cls, args: TetherConfig) -> bool:
@@ -130,10 +163,19 @@ class TetherTrainer(SFTTrainer):
         return (loss, None) if return_outputs else loss
 
     def reference_pass(self, inputs: dict, positions: ResponsePositions) -> ReferenceOutputs | None:
-        """One no-grad forward of the reference: its LM-head inputs at the response positions, and the states the
-        critic reads (`self.reads`). None under plain SFT."""
+        """One no-grad forward of the reference: its LM-head inputs at the response positions, and the score of a
+        critic that reads the reference (`self.reads`, first-token log-probabilities). None under plain SFT. With the
+        reference cache, a batch whose every example is cached runs no forward; a computed one is added."""
         if self.reference is None:
             return None
+        keys = None
+        if self.reference_cache is not None:
+            keys = example_keys(inputs)
+            cached = self.cached_reference(keys, positions)
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["reference/cached"].append(float(cached is not None))
+            if cached is not None:
+                return cached
         reads = self.reads
         rows, cols, token_weights = reads.locate(inputs) if reads else (positions.rows[:0], positions.cols[:0], None)
         softcap = getattr(self.reference.model.config, "final_logit_softcapping", None)
@@ -149,9 +191,44 @@ class TetherTrainer(SFTTrainer):
         ):
             ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         features = reads.features(states) if reads else None
-        return ReferenceOutputs(
+        outputs = ReferenceOutputs(
             reference["hidden"], linear_head(ref_model), features, softcap, reference.get("at_head")
         )
+        if self.critic_reads_reference:
+            batch = dict(inputs)
+            if features is not None:
+                batch["reference_features"] = features
+            if outputs.first_logprobs is not None:
+                batch["reference_first_logprobs"] = outputs.first_logprobs  # (B, V)
+            with torch.no_grad():
+                outputs.scores = self.critic.score(batch)  # (B,)
+        if keys is not None:
+            counts = torch.bincount(positions.rows, minlength=len(keys)).tolist()  # response tokens per example
+            scores = [math.nan] * len(keys) if outputs.scores is None else outputs.scores.tolist()
+            for key, hidden, score in zip(keys, outputs.hidden.split(counts), scores, strict=True):
+                self.reference_cache.add(key, CachedExample(hidden, score))
+        return outputs
+
+    def cached_reference(self, keys: list[str], positions: ResponsePositions) -> ReferenceOutputs | None:
+        """The reference's outputs for a batch whose every example is cached (on every process: under FSDP the
+        reference forward gathers weights, so all processes run it or none), else None."""
+        hit = all(key in self.reference_cache for key in keys)
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(hit)], device=positions.rows.device)
+            hit = bool(self.accelerator.gather(flag).min().item())
+        if not hit:
+            return None
+        entries = [self.reference_cache.get(key) for key in keys]
+        device = positions.rows.device
+        hidden = torch.cat([entry.hidden for entry in entries]).to(device)  # (N, d): rows in order, as `nonzero`
+        if hidden.shape[0] != positions.rows.numel():
+            raise RuntimeError(f"reference cache: {hidden.shape[0]} cached positions for {positions.rows.numel()}")
+        scores = None
+        if self.critic_reads_reference:
+            scores = torch.tensor([entry.score for entry in entries], dtype=torch.float32, device=device)  # (B,)
+        model = self.reference.model
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        return ReferenceOutputs(hidden, linear_head(model), softcap=softcap, scores=scores, cached=True)
 
     def risk(
         self, inputs: dict, reference: ReferenceOutputs | None, positions: ResponsePositions
@@ -161,13 +238,10 @@ class TetherTrainer(SFTTrainer):
         with torch.no_grad():
             if self.critic is None:
                 scores = torch.zeros(inputs["input_ids"].shape[0], device=positions.rows.device)
+            elif self.critic_reads_reference:
+                scores = reference.scores  # (B,), scored in the reference pass or read from its cache
             else:
-                batch = dict(inputs)
-                if reference is not None and reference.features is not None:
-                    batch["reference_features"] = reference.features
-                if "reference_first_logprobs" in self.critic.needs:
-                    batch["reference_first_logprobs"] = reference.first_logprobs  # (B, V), from the reference pass
-                scores = self.critic.score(batch)
+                scores = self.critic.score(dict(inputs))
             scores = self.weights.transform(scores, floor=self.generation_risk)  # (B,)
             return scores, self.accelerator.gather(scores)
 
