@@ -64,3 +64,13 @@ def make_trainer(model, tokenizer, rows, config, peft_config="default", **kwargs
     return trainer_class_for(config)(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, **kwargs
     )
+
+
+def target_logprobs_of(model, batch):
+    """log p(y_t) of every response target (N,) from a plain forward over full logits, and the positions."""
+    from tether.trainer.tether_trainer import ResponsePositions
+
+    positions = ResponsePositions.of(batch)
+    targets = positions.targets[positions.rows, positions.cols]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    return logits.log_softmax(-1)[positions.rows, positions.cols].gather(1, targets[:, None]).squeeze(1), positions

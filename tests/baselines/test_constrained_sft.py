@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import make_config, make_trainer
+from tests.conftest import make_config, make_trainer, target_logprobs_of
 from tether.baselines.constrained_sft import ConstrainedSFTTrainer, constrained_weights
 from tether.errors import TetherInputError
 from tether.losses import response_depth
@@ -43,8 +43,7 @@ def test_loss_is_the_weighted_nll_with_weights_from_policy_and_reference(tiny_mo
     targets = positions.targets[positions.rows, positions.cols]
 
     def logp(model):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        return logits.log_softmax(-1)[positions.rows, positions.cols].gather(1, targets[:, None]).squeeze(1)
+        return target_logprobs_of(model, batch)[0]
 
     with torch.no_grad():
         trainer.model.eval()

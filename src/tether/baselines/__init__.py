@@ -20,6 +20,7 @@ BASELINES = {
     "asft": "tether.baselines.asft:AsFTTrainer",
     "constrained_sft": "tether.baselines.constrained_sft:ConstrainedSFTTrainer",
     "lisa": "tether.baselines.lisa:LisaTrainer",
+    "star_dss": "tether.baselines.star_dss:StarDssTrainer",
     "vaccine": "tether.baselines.vaccine:VaccineTrainer",
 }
 

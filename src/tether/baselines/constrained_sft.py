@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from tether.errors import TetherInputError
-from tether.losses import response_depth, target_logprobs
+from tether.losses import response_depth
 from tether.trainer import TetherConfig, TetherTrainer
+from tether.trainer.tether_trainer import target_logprobs_both
 
 
 @dataclass
@@ -101,12 +102,7 @@ class ConstrainedSFTTrainer(TetherTrainer):
 
     def token_weights(self, hidden, head, positions, reference, alpha, beta):
         args = self.args
-        targets = positions.targets[positions.rows, positions.cols]  # (N,)
-        softcap = reference.softcap
-        policy = target_logprobs(hidden.detach(), head.weight, head.bias, targets, args.logits_chunk_size, softcap)
-        ref = target_logprobs(
-            reference.hidden, reference.head.weight, reference.head.bias, targets, args.logits_chunk_size, softcap
-        )
+        policy, ref = target_logprobs_both(hidden, head, positions, reference, args.logits_chunk_size)  # (N,) each
         depth = response_depth(positions.rows)  # (N,)
         weights = constrained_weights(
             policy - ref,

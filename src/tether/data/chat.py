@@ -3,11 +3,13 @@
 Each example becomes `input_ids`, `labels` (-100 on the prompt, the token ids on the response), `prompt_length`
 (the index of the first response token: the last prompt token, whose hidden state the probe reads, is
 `prompt_length - 1`) and `risk` (NaN for an example without a risk label). Responses are truncated to
-`max_length`; prompts never are.
+`max_length`; prompts never are. A row with `risk_chunks` (a guardrail's risk of each partial response, STAR-DSS)
+also gets `token_risk`, one risk per token.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +37,26 @@ def tokenize_example(messages: list[dict], tokenizer, max_length: int | None) ->
     return {"input_ids": full_ids, "labels": labels, "prompt_length": len(prompt_ids)}
 
 
+def token_risks(messages: list[dict], risk_chunks: list, tokenizer, tokens: dict) -> list[float]:
+    """The risk of each token of a tokenized example (NaN on the prompt) from `risk_chunks`, [partial response, risk]
+    pairs in order: a response token takes the risk of the first partial response whose rendering reaches it (the
+    template's tokens after the response excluded), and tokens past the last one take the last one's."""
+    prompt_length, length = tokens["prompt_length"], len(tokens["input_ids"])
+    prompt = messages[:-1]
+    tail = len(chat_ids(tokenizer, [*prompt, {"role": "assistant", "content": ""}], False)) - prompt_length
+    ends = [
+        len(chat_ids(tokenizer, [*prompt, {"role": "assistant", "content": part}], False)) - tail
+        for part, _ in risk_chunks
+    ]
+    risks = [math.nan] * prompt_length
+    chunk = 0
+    for position in range(prompt_length, length):
+        while chunk < len(ends) - 1 and position >= ends[chunk]:
+            chunk += 1
+        risks.append(float(risk_chunks[chunk][1]))
+    return risks
+
+
 def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
     encoded = tokenizer.apply_chat_template(
         messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
@@ -50,7 +72,10 @@ def tokenize_rows(rows: list[dict], tokenizer, max_length: int | None) -> tuple[
         if tokens is None:
             dropped += 1
             continue
-        records.append({**tokens, "risk": float(row.get("risk", "nan"))})  # NaN: no risk label
+        record = {**tokens, "risk": float(row.get("risk", "nan"))}  # NaN: no risk label
+        if "risk_chunks" in row:  # a safety trajectory of the response (STAR-DSS's guardrail)
+            record["token_risk"] = token_risks(row["messages"], row["risk_chunks"], tokenizer, tokens)
+        records.append(record)
     if not records:
         raise TetherInputError(f"every prompt is at least max_length={max_length} tokens long; raise max_length")
     return Dataset.from_list(records), dropped
@@ -91,4 +116,14 @@ class TetherCollator:
             "labels": labels,
             "risk": torch.tensor([float(e.get("risk", "nan")) for e in examples]),  # (B,), NaN where unlabelled
             "prompt_length": torch.tensor([e["prompt_length"] for e in examples]),  # (B,)
-        }
+        } | self.token_risk(examples, width)
+
+    @staticmethod
+    def token_risk(examples: list[dict], width: int) -> dict[str, torch.Tensor]:
+        """`token_risk` (B, T), NaN-padded, when the examples carry a per-token risk (a safety trajectory)."""
+        if "token_risk" not in examples[0]:
+            return {}
+        risk = torch.full((len(examples), width), math.nan)  # (B, T)
+        for i, example in enumerate(examples):
+            risk[i, : len(example["token_risk"])] = torch.tensor(example["token_risk"])
+        return {"token_risk": risk}

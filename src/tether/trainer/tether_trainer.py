@@ -23,7 +23,7 @@ from tether.critics.base import ReadsReference, ReferenceReads, UsesTokenizer
 from tether.critics.probe import capture_layer_states
 from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
-from tether.losses import ResponseLoss, head_log_softmax, prefix_kl_weights, response_depth
+from tether.losses import ResponseLoss, head_log_softmax, prefix_kl_weights, response_depth, target_logprobs
 from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
 from tether.run_files import write_text_atomic
 from tether.sharding import check_engine
@@ -388,6 +388,12 @@ class TetherTrainer(SFTTrainer):
 
     # ---- what a run needs besides the training data (a baseline overrides these)
     @classmethod
+    def prepare_rows(cls, config: TetherConfig, rows: list[dict]) -> tuple[list[dict], dict]:
+        """The training rows as this trainer needs them, checked or scored before the model loads, and entries for
+        `data_summary.json`; unchanged here."""
+        return rows, {}
+
+    @classmethod
     def load_extra_rows(cls, config: TetherConfig, data_dir: str | None) -> tuple[dict, dict]:
         """Rows this trainer needs besides the training data, loaded before the model, and their summary entries."""
         return {}, {}
@@ -409,6 +415,17 @@ def first_token_logprobs(
     out = logp.new_full((batch_size, logp.shape[-1]), -torch.inf)  # (B, V)
     out[positions.rows[first]] = logp
     return out
+
+
+def target_logprobs_both(hidden, head, positions: ResponsePositions, reference: ReferenceOutputs, chunk_size: int):
+    """log π_θ(y_t) and log π_ref(y_t) of every response target, (N,) each, without gradient: the policy's from its
+    LM-head inputs `hidden` (N, d) through `head`, the reference's from its pass; run inside the head's forward."""
+    targets = positions.targets[positions.rows, positions.cols]  # (N,)
+    policy = target_logprobs(hidden.detach(), head.weight, head.bias, targets, chunk_size, reference.softcap)
+    ref = target_logprobs(
+        reference.hidden, reference.head.weight, reference.head.bias, targets, chunk_size, reference.softcap
+    )
+    return policy, ref
 
 
 def linear_head(model) -> torch.nn.Linear:
