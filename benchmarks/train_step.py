@@ -9,6 +9,8 @@ All modes train the same LoRA adapter (r 16, every projection) on the same batch
   check (16 AdvBench prompts, one no-grad forward) run after every third step, as `tether train` runs it;
 - `adaptive-cached`, `default-cached`: the same with the reference cache warm (an epoch after the first: every
   example was seen, so no reference forward runs); `adaptive` and `default` run with the cache off (a first epoch);
+- `constrained`, `star-dss`, `asft`: the baselines that change the step (constrained SFT, STAR-DSS with the label
+  guardrail, AsFT: `--model` the aligned reference, `--unaligned` the model it was aligned from), official settings;
 - `naive`: a second full copy of the model as the reference, and NLL + KL over every position's full logits
   (B × T × V), masked afterwards: how a straightforward implementation does it.
 
@@ -18,6 +20,8 @@ Peak memory needs one process per mode: `benchmarks/train_step.sh` runs each und
 
     python benchmarks/train_step.py --modes none adaptive default naive --steps 9
     python benchmarks/train_step.py --modes none adaptive adaptive-cached default default-cached --steps 9
+    python benchmarks/train_step.py --model runs/safe-reference/reference/model --unaligned smollm2-135m-instruct \
+        --modes none constrained star-dss asft --steps 9
     python benchmarks/train_step.py --device cuda --modes none default   # on a GPU, bf16
 """
 
@@ -36,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from peft import get_peft_model
 
+from tether.baselines import train_config_class, trainer_class_for
 from tether.config import ModelArgs
 from tether.data.chat import IGNORE_INDEX, TetherCollator, tokenize_rows
 from tether.data.sources import load_examples
 from tether.modeling import load_model_and_tokenizer
-from tether.trainer import TetherConfig, TetherTrainer
 
 
 def make_batch(tokenizer, data_dir, batch_size, max_length):
@@ -52,16 +56,29 @@ def make_batch(tokenizer, data_dir, batch_size, max_length):
     return dataset, TetherCollator(tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
 
 
-def tether_step_fn(mode, model_name, dataset, tokenizer, batch, probe_path=None, device="cpu", data_dir=None):
+BASELINE_MODES = {  # baselines that change the step, with their official settings
+    "constrained": {"regularizer": "none", "constrained_sft": True},
+    "star-dss": {"regularizer": "none", "star_dss": True, "star_dss_guardrail": "label"},
+    "asft": {"regularizer": "none"},  # asft_unaligned from --unaligned
+}
+
+
+def tether_step_fn(
+    mode, model_name, dataset, tokenizer, batch, probe_path=None, device="cpu", data_dir=None, unaligned=None
+):
     model, _ = load_model_and_tokenizer(model_name)
     cached = mode.endswith("-cached")  # the warm-up step fills the cache, every timed step reads it
     mode = mode.removesuffix("-cached")
     paper = {"critic": "probe" if mode == "probe" else "label", "kl_prefix_tokens": 0, "canary_every": 0}
-    config = TetherConfig(
+    if mode in BASELINE_MODES:
+        settings = {**BASELINE_MODES[mode], **({"asft_unaligned": unaligned} if mode == "asft" else {})}
+    else:
+        settings = {"regularizer": "adaptive" if mode in ("probe", "default") else mode}
+        settings |= {} if mode == "default" else paper
+    config = train_config_class()(
         output_dir=tempfile.mkdtemp(prefix="tether-bench-"),  # each mode its own reference cache
         reference_cache=cached,
-        regularizer="adaptive" if mode in ("probe", "default") else mode,
-        **({} if mode == "default" else paper),
+        **settings,
         probe_path=probe_path,
         gradient_checkpointing=False,
         use_cpu=device == "cpu",
@@ -69,7 +86,7 @@ def tether_step_fn(mode, model_name, dataset, tokenizer, batch, probe_path=None,
         report_to="none",
         disable_tqdm=True,
     )
-    trainer = TetherTrainer(
+    trainer = trainer_class_for(config)(
         model=model,
         args=config,
         train_dataset=dataset,
@@ -143,6 +160,7 @@ def main():
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--probe", default=None, help="probe directory for the `probe` mode")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast)")
+    parser.add_argument("--unaligned", default=None, help="asft mode: the model --model was aligned from")
     args = parser.parse_args()
 
     _, tokenizer = load_model_and_tokenizer(args.model)
@@ -150,7 +168,9 @@ def main():
     steps = {
         mode: naive_step_fn(args.model, batch, args.device)
         if mode == "naive"
-        else tether_step_fn(mode, args.model, dataset, tokenizer, batch, args.probe, args.device, args.data_dir)
+        else tether_step_fn(
+            mode, args.model, dataset, tokenizer, batch, args.probe, args.device, args.data_dir, args.unaligned
+        )
         for mode in args.modes
     }
     times = {mode: [] for mode in args.modes}

@@ -19,7 +19,7 @@ def test_gpu_check_runs_small_on_cpu(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
-    modes = {"none", "adaptive", "default", "naive"}
+    modes = {"none", "adaptive", "adaptive-cached", "default", "default-cached", "naive"}
     assert set(summary["step_ratio_to_sft"]) == modes and summary["step_ratio_to_sft"]["none"] == 1.0
     assert all(
         summary["paired_step_ratio_to_sft"][m]["min"] <= summary["paired_step_ratio_to_sft"][m]["max"] for m in modes
