@@ -149,13 +149,21 @@ def test_a_truncated_shard_is_reported_deleted_and_recomputed(tmp_path, caplog):
     assert torch.equal(ReferenceCache.open(tmp_path, "f" * 32).get("key0").hidden, torch.ones(2, 8))
 
 
-def test_training_with_the_cache_matches_training_without(tokenizer, rows, tmp_path):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_training_with_the_cache_matches_training_without(tokenizer, rows, tmp_path, accumulation):
     """Three epochs: every step after the first epoch reads the cache, and the adapter ends where it ends with the
-    cache off (float rounding of batched matrix products aside)."""
+    cache off (float rounding of batched matrix products aside); with gradient accumulation too (batches of 2, 2
+    micro-batches a step)."""
     finals = {}
     for cache in (False, True):
         config = make_config(
-            tmp_path / str(cache), reference_cache=cache, max_steps=-1, num_train_epochs=3, logging_steps=1
+            tmp_path / str(cache),
+            reference_cache=cache,
+            max_steps=-1,
+            num_train_epochs=3,
+            logging_steps=1,
+            per_device_train_batch_size=4 // accumulation,
+            gradient_accumulation_steps=accumulation,
         )
         trainer = make_trainer(build_tiny_model(len(tokenizer)), tokenizer, rows[:16], config)
         trainer.train()
