@@ -131,6 +131,7 @@ def tiny_bench(data_dir, **overrides) -> dict:
             {"name": "A-Reg probe", "train": {"regularizer": "adaptive", "critic": "probe"}},
             {"name": "A-Reg label", "train": {"regularizer": "adaptive", "critic": "label", "alpha_mode": "gate"}},
             {"name": "SFT + Antidote", "antidote": {"method": "SFT", "limit": 6, "ratio": 0.2}},
+            {"name": "SFT + Safe LoRA", "safe_lora": {"method": "SFT", "num_layers": 3}},
         ],
         "eval": {
             "benchmarks": ["harmbench:~4", "xstest:~2"],

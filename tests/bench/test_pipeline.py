@@ -54,6 +54,13 @@ def test_every_stage_writes_its_outputs(bench_dir):
         assert pruned["model"] == str(bench_dir / "runs" / scenario / "sft" / "seed0") and pruned["ratio"] == 0.2
         assert pruned["rows"] == 6 and pruned["pruned"] > 0
         assert (bench_dir / "evals" / f"{scenario}__sft-antidote__seed0" / "results.json").is_file()
+        # Safe LoRA projects SFT's run onto the alignment directions (the reference minus the bench's model)
+        projected = json.loads(
+            (bench_dir / "safe_lora" / scenario / "sft-safe-lora" / "seed0" / "safe_lora.json").read_text()
+        )
+        assert projected["model"] == str(bench_dir / "runs" / scenario / "sft" / "seed0")
+        assert projected["unaligned"] == "tiny-llama" and len(projected["projected"]) == 3
+        assert (bench_dir / "evals" / f"{scenario}__sft-safe-lora__seed0" / "results.json").is_file()
     # the reference data is labelled benign, the pure attack entirely harmful, the mix at its exact ratio
     mixed = [json.loads(line) for line in (bench_dir / "data" / "mix-0.2-seed0.jsonl").read_text().splitlines()]
     assert sum(r["risk"] == 1.0 for r in mixed) == 2 and len(mixed) == 10
@@ -71,11 +78,12 @@ def test_report_lists_every_method_and_plot(bench_dir):
     for method in ("Initial (safe reference)", "Base (un-aligned)", "| SFT |", "C-SFT", "A-Reg probe", "A-Reg label"):
         assert method in report
     results = json.loads((bench_dir / "report" / "results.json").read_text())
-    assert len(results["rows"]) == 15
+    assert len(results["rows"]) == 18
     antidote = next(r for r in results["rows"] if r["method"] == "SFT + Antidote" and r["scenario"] == "pure")
     sft = next(r for r in results["rows"] if r["method"] == "SFT" and r["scenario"] == "pure")
     assert antidote["train"] == sft["train"] and antidote["antidote"]["ratio"] == 0.2
     assert "SFT + Antidote: the runs of SFT after Antidote pruning, 20% of each adapter matrix" in report
+    assert "SFT + Safe LoRA: the runs of SFT after Safe LoRA, the 3 least aligned LoRA layers projected" in report
     assert {"asr_vs_hr_gsm8k.png", "beta_risk.png"} <= {p.name for p in (bench_dir / "report").glob("*.png")}
     targets = [line for line in report.splitlines() if "ASR ≤ reference + 5 points" in line]
     assert any(line.startswith("- mix-0.2: A-Reg") and "utility kept" in line for line in targets)
@@ -180,7 +188,16 @@ def test_targets_compare_per_example_with_per_batch_and_name_c_sft():
         ),
         (
             {"methods": [{"name": "S"}, {"name": "P", "train": {"lr": 1}, "antidote": {"method": "S"}}]},
-            "prunes 'S''s runs; drop its `train`",
+            "repairs 'S''s runs; drop its `train`",
+        ),
+        ({"methods": [{"name": "P", "safe_lora": {"method": "SFT"}}]}, "safe_lora.method must name a trained method"),
+        (
+            {"methods": [{"name": "S"}, {"name": "P", "safe_lora": {"method": "S", "threshold": 0.3}}]},
+            "safe_lora needs one of num_layers and threshold",
+        ),
+        (
+            {"methods": [{"name": "S", "train": {"use_peft": False}}, {"name": "P", "safe_lora": {"method": "S"}}]},
+            "Safe LoRA projects a LoRA run; train with LoRA",
         ),
         ({"methods": [{"name": "S"}, {"name": "P", "antidote": {"of": "S"}}]}, "unknown key 'of'"),
     ],
@@ -268,7 +285,7 @@ def test_second_config_in_the_same_directory_reuses_stages_and_joins_the_report(
     # the probe is neither refit nor read: none of these runs has the probe critic
     assert err.count("training (") == 1 and "reference: cached" in err and "probe:" not in err
     rows = json.loads((copy / "report" / "results.json").read_text())["rows"]
-    assert len(rows) == 16 and {"pure-small", "pure", "mix-0.2"} <= {r["scenario"] for r in rows}
+    assert len(rows) == 19 and {"pure-small", "pure", "mix-0.2"} <= {r["scenario"] for r in rows}
     # a run with other seeds, then one with the first seeds again: the report keeps every seed's runs
     second_argv = ["bench", "--config", str(tmp_path / "second.yaml"), "--out_dir", str(copy)]
     assert main([*second_argv, "--seeds", "1"]) == 0 and main(second_argv) == 0

@@ -16,6 +16,7 @@
       - {name: SFT, train: {regularizer: none}}
       - {name: A-Reg probe, train: {regularizer: adaptive, critic: probe}}   # probe_path is filled in
       - {name: SFT + Antidote, antidote: {method: SFT, data: [advbench-targets], limit: 128, ratio: 0.1}}
+      - {name: SFT + Safe LoRA, safe_lora: {method: SFT, num_layers: 10}}   # against the bench's `model`
     eval: {benchmarks: [harmbench:~50, xstest:~50], utility: gsm8k-test:100, max_new_tokens: 48}
 
 `base: demo` (or `base: other.yaml`) starts from another config; this file's top-level keys replace the base's.
@@ -89,10 +90,26 @@ class AntidoteSpec:
 
 
 @dataclass
+class SafeLoraSpec:
+    """Project the LoRA runs of `method` after training (`tether safelora`, the un-aligned model being the bench's
+    `model`, which the reference was aligned from) instead of training anything new."""
+
+    method: str  # the trained method whose runs are projected, e.g. SFT
+    num_layers: int | None = 10  # project the N least aligned layers (the official default)
+    threshold: float | None = None  # or every layer whose cosine with its projection is at most this
+
+
+@dataclass
 class Method:
     name: str
     train: dict = field(default_factory=dict)
     antidote: AntidoteSpec | None = None
+    safe_lora: SafeLoraSpec | None = None
+
+    @property
+    def post_hoc(self) -> AntidoteSpec | SafeLoraSpec | None:
+        """The repair this method applies to another method's runs after training (Antidote, Safe LoRA), if any."""
+        return self.antidote or self.safe_lora
 
 
 @dataclass
@@ -119,8 +136,10 @@ class BenchConfig:
     eval: EvalSpec = field(default_factory=EvalSpec)
 
     def trained(self, method: Method) -> Method:
-        """The method whose training run `method` evaluates: itself, or for an Antidote method the one it prunes."""
-        return method if method.antidote is None else next(m for m in self.methods if m.name == method.antidote.method)
+        """The method whose training run `method` evaluates: itself, or for a post-hoc method (Antidote, Safe LoRA)
+        the one whose runs it repairs."""
+        spec = method.post_hoc
+        return method if spec is None else next(m for m in self.methods if m.name == spec.method)
 
     def own_utility(self, scenario: Scenario) -> str | None:
         """The scenario's held-out NLL data when it is not the evaluation's default (the reference is then measured
@@ -175,6 +194,8 @@ def bench_config_from_dict(raw: dict, where: str = "bench config") -> BenchConfi
             method.antidote = _build(AntidoteSpec, method.antidote, f"{where}: method {method.name!r}: antidote")
             if isinstance(method.antidote.data, str):  # `data: advbench-targets`, one source
                 method.antidote.data = [method.antidote.data]
+        if method.safe_lora is not None:
+            method.safe_lora = _build(SafeLoraSpec, method.safe_lora, f"{where}: method {method.name!r}: safe_lora")
     _validate(config, where)
     _check_train_fields(config, where)
     return config
@@ -251,18 +272,28 @@ def _validate(config: BenchConfig, where: str) -> None:
             raise TetherInputError(f"{where}: {kind} name {duplicates[0]!r} is used twice; names must be unique")
     known = {m.name for m in config.methods}
     for method in config.methods:
-        spec = method.antidote
+        spec = method.post_hoc
         if spec is None:
             continue
+        kind = "antidote" if method.antidote is not None else "safe_lora"
+        if method.antidote is not None and method.safe_lora is not None:
+            raise TetherInputError(f"{where}: method {method.name!r} sets antidote and safe_lora; keep one")
         if method.train:
-            raise TetherInputError(f"{where}: method {method.name!r} prunes {spec.method!r}'s runs; drop its `train`")
+            raise TetherInputError(f"{where}: method {method.name!r} repairs {spec.method!r}'s runs; drop its `train`")
         trained = next((m for m in config.methods if m.name == spec.method), None)
-        if trained is None or trained.antidote is not None:
+        if trained is None or trained.post_hoc is not None:
             raise TetherInputError(
-                f"{where}: method {method.name!r}: antidote.method must name a trained method defined under methods"
+                f"{where}: method {method.name!r}: {kind}.method must name a trained method defined under methods"
             )
-        if not 0.0 <= spec.ratio <= 1.0:
+        if method.antidote is not None and not 0.0 <= spec.ratio <= 1.0:
             raise TetherInputError(f"{where}: method {method.name!r}: antidote.ratio must be in [0, 1]")
+        if method.safe_lora is not None and (spec.num_layers is None) == (spec.threshold is None):
+            raise TetherInputError(
+                f"{where}: method {method.name!r}: safe_lora needs one of num_layers and threshold (set the other null)"
+            )
+        settings = {**config.train, **trained.train} if isinstance(trained.train, dict) else {}
+        if method.safe_lora is not None and not settings.get("use_peft", True):
+            raise TetherInputError(f"{where}: method {method.name!r}: Safe LoRA projects a LoRA run; train with LoRA")
     for scenario in config.scenarios:
         unknown = [m for m in scenario.methods or [] if m not in known]
         if unknown:

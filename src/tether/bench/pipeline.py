@@ -6,6 +6,7 @@
 <out>/probe/                    stage 2: the probe, fit on the reference; probe_eval/eval.json: held-out AUROC
 <out>/runs/<scenario>/<method>/seed<k>/        stage 3-4: one `tether train` run directory each
 <out>/antidote/<scenario>/<method>/seed<k>/    an Antidote method's pruned model (of its trained method's run)
+<out>/safe_lora/<scenario>/<method>/seed<k>/   a Safe LoRA method's projected model (of its trained method's run)
 <out>/evals/<base|reference|scenario__method__seed<k>>/results.json     stage 5: `tether eval` results
 <out>/report/                   stage 6: report.md, results.json, plots (see `tether.bench.report`)
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from tether.baselines.antidote import antidote_to_dir
+from tether.baselines.safe_lora import safe_lora_to_dir
 from tether.bench.config import BenchConfig, Method, Scenario, reference_utility_key, slug
 from tether.critics.probe_tasks import evaluate_probe_dir, fit_probe_dir
 from tether.errors import TetherInputError
@@ -90,7 +92,7 @@ class Bench:
         for i, (scenario, method, seed) in enumerate(matrix, start=1):
             log(f"run {i}/{len(matrix)}: {scenario.name} / {method.name} / seed {seed}")
             run_dir = self.train(scenario, self.config.trained(method), seed)
-            model = run_dir if method.antidote is None else self.prune(scenario, method, seed, run_dir)
+            model = run_dir if method.post_hoc is None else self.repair(scenario, method, seed, run_dir)
             extra = self.config.eval.extra_benchmarks
             self.evaluate(self.run_key(scenario, method, seed), str(model), scenario.utility, extra)
         from tether.bench.report import write_report
@@ -235,26 +237,34 @@ class Bench:
         print(f"run directory: {train_from_settings(train_settings)}")  # as `tether train` prints it
         self.record(stage, spec)
 
-    def prune(self, scenario: Scenario, method: Method, seed: int, run_dir: Path) -> Path:
-        """An Antidote method: the trained run pruned by `tether antidote` (a plain model directory)."""
-        spec = method.antidote
-        final = self.out / "antidote" / slug(scenario.name) / slug(method.name) / f"seed{seed}"
-        record = {"run": str(run_dir), "antidote": dataclasses.asdict(spec)}
+    def repair(self, scenario: Scenario, method: Method, seed: int, run_dir: Path) -> Path:
+        """A post-hoc method: the trained run pruned by `tether antidote` or projected by `tether safelora` (a plain
+        model directory)."""
+        kind = "antidote" if method.antidote is not None else "safe_lora"
+        spec = method.post_hoc
+        final = self.out / kind / slug(scenario.name) / slug(method.name) / f"seed{seed}"
+        record = {"run": str(run_dir), kind: dataclasses.asdict(spec)}
         stage = self.run_key(scenario, method, seed)
-        if self.cached(f"antidote__{stage}", final / "antidote.json", record):
+        if self.cached(f"{kind}__{stage}", final / f"{kind}.json", record):
             log(f"{scenario.name} / {method.name}: cached at {final}")
             return final
-        shutil.rmtree(final, ignore_errors=True)  # a folder without antidote.json: left by a killed run
-        log(f"{scenario.name} / {method.name}: pruning {run_dir} ({spec.ratio:.0%} of each adapter matrix)")
-        antidote_to_dir(
-            str(run_dir),
-            list(spec.data),
-            final,
-            ratio=float(spec.ratio),
-            limit=spec.limit,
-            data_dir=self.config.data_dir,
-        )
-        self.record(f"antidote__{stage}", record)
+        shutil.rmtree(final, ignore_errors=True)  # a folder without its record file: left by a killed run
+        if kind == "antidote":
+            log(f"{scenario.name} / {method.name}: pruning {run_dir} ({spec.ratio:.0%} of each adapter matrix)")
+            antidote_to_dir(
+                str(run_dir),
+                list(spec.data),
+                final,
+                ratio=float(spec.ratio),
+                limit=spec.limit,
+                data_dir=self.config.data_dir,
+            )
+        else:
+            log(f"{scenario.name} / {method.name}: projecting {run_dir} onto the alignment directions (Safe LoRA)")
+            safe_lora_to_dir(
+                str(run_dir), self.config.model, final, num_layers=spec.num_layers, threshold=spec.threshold
+            )
+        self.record(f"{kind}__{stage}", record)
         return final
 
     # ---- stage 5: evaluation
