@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 
 from tests.conftest import make_config, make_trainer
 from tether.modeling import build_tiny_model
-from tether.trainer.reference_cache import CachedExample, ReferenceCache, example_keys, fingerprint
+from tether.trainer.reference_cache import CachedExample, ReferenceCache, example_keys, fingerprint, state_digest
 
 
 def nonzero_adapter(trainer, seed=0):
@@ -173,3 +173,14 @@ def test_training_with_the_cache_matches_training_without(tokenizer, rows, tmp_p
     for name, value in finals[True].items():
         torch.testing.assert_close(value, finals[False][name], atol=1e-5, rtol=1e-4)
     assert not finals[True].keys() - finals[False].keys()
+
+
+def test_a_critic_is_identified_by_its_state():
+    """Equal states give one digest whatever the object's identity; another token id, another digest; an object that
+    cannot be identified is an error (the trainer then turns the cache off)."""
+    from tether.critics.refusal import RefusalCritic
+
+    assert state_digest(RefusalCritic([5, 7])) == state_digest(RefusalCritic([5, 7]))
+    assert state_digest(RefusalCritic([5, 7])) != state_digest(RefusalCritic([5, 8]))
+    with pytest.raises(TypeError, match="cannot identify"):
+        state_digest({"handle": object()})

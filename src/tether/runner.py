@@ -276,7 +276,9 @@ def resume_checkpoint(staging: Path, resolved: dict, config: TetherConfig) -> Pa
         )
     recorded = _flat(yaml.safe_load((staging / "config.yaml").read_text()))
     now = _flat(yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False)))
-    ignored = {"training.restart", "training.resume_from_checkpoint"}  # how a run starts, not what it trains
+    # how a run starts and where its reference cache lives, not what it trains
+    ignored = {"training.restart", "training.resume_from_checkpoint"}
+    ignored |= {"training.reference_cache", "training.reference_cache_dir"}
     differing = sorted(k for k in (recorded.keys() | now.keys()) - ignored if recorded.get(k) != now.get(k))
     if differing:
         first, more = differing[0], f" and {len(differing) - 1} more" if len(differing) > 1 else ""

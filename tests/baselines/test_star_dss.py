@@ -12,13 +12,15 @@ from tether.trainer.tether_trainer import ResponsePositions
 
 
 def test_partial_responses_every_five_words_then_the_whole():
+    """Prefixes of the text as it is (its own spaces and newlines), so that each renders to the response's tokens."""
     response = "one two  three four five six seven\neight nine ten eleven"
     assert partial_responses(response, 5) == [
-        "one two three four five",
-        "one two three four five six seven eight nine ten",
-        "one two three four five six seven eight nine ten eleven",
+        "one two  three four five",
+        "one two  three four five six seven\neight nine ten",
+        response,
     ]
     assert partial_responses("just three words", 5) == ["just three words"]
+    assert partial_responses("five words end here now ", 5) == ["five words end here now", "five words end here now "]
 
 
 def test_weights_by_hand():

@@ -24,6 +24,7 @@ reference or score only whole examples (`refusal`, `probe`, `constant`) cannot s
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -79,11 +80,14 @@ class StarDssConfig(TetherConfig):
 
 
 def partial_responses(response: str, chunk_words: int) -> list[str]:
-    """The prefixes a guardrail scores: the first `chunk_words`, 2·`chunk_words`, ... words of the response joined by
-    single spaces, the last one the whole response (the official code's split)."""
-    words = response.split()
-    ends = list(range(chunk_words, len(words), chunk_words)) + [len(words)]
-    return [" ".join(words[:end]) for end in ends]
+    """The prefixes a guardrail scores: the response up to the end of its `chunk_words`-th, 2·`chunk_words`-th, ...
+    word, the last one the whole response (the official code splits on whitespace too, and rejoins the words with
+    single spaces; tether keeps the text as it is, so that each prefix renders to the response's own tokens)."""
+    ends = [match.end() for match in re.finditer(r"\S+", response)]
+    cuts = ends[chunk_words - 1 :: chunk_words]
+    if not cuts or cuts[-1] != len(response):
+        cuts.append(len(response))
+    return [response[:cut] for cut in cuts]
 
 
 def star_weights(safety: torch.Tensor, delta: torch.Tensor, kl_scale: float) -> torch.Tensor:

@@ -287,10 +287,21 @@ def _validate(config: BenchConfig, where: str) -> None:
             )
         if method.antidote is not None and not 0.0 <= spec.ratio <= 1.0:
             raise TetherInputError(f"{where}: method {method.name!r}: antidote.ratio must be in [0, 1]")
-        if method.safe_lora is not None and (spec.num_layers is None) == (spec.threshold is None):
-            raise TetherInputError(
-                f"{where}: method {method.name!r}: safe_lora needs one of num_layers and threshold (set the other null)"
-            )
+        if method.safe_lora is not None:
+            if (spec.num_layers is None) == (spec.threshold is None):
+                raise TetherInputError(
+                    f"{where}: method {method.name!r}: safe_lora needs one of num_layers and threshold (set the other "
+                    "null)"
+                )
+            if spec.num_layers is not None:
+                _number(f"{where}: method {method.name!r}: safe_lora", "num_layers", spec.num_layers, 1)
+            else:
+                _number(f"{where}: method {method.name!r}: safe_lora", "threshold", spec.threshold, -1.0, 1.0)
+            if config.reference.model is not None:
+                raise TetherInputError(
+                    f"{where}: method {method.name!r}: Safe LoRA reads the alignment as the reference minus the "
+                    "bench's model, but reference.model names a reference aligned elsewhere; drop one"
+                )
         settings = {**config.train, **trained.train} if isinstance(trained.train, dict) else {}
         if method.safe_lora is not None and not settings.get("use_peft", True):
             raise TetherInputError(f"{where}: method {method.name!r}: Safe LoRA projects a LoRA run; train with LoRA")

@@ -244,6 +244,8 @@ class Bench:
         spec = method.post_hoc
         final = self.out / kind / slug(scenario.name) / slug(method.name) / f"seed{seed}"
         record = {"run": str(run_dir), kind: dataclasses.asdict(spec)}
+        if kind == "safe_lora":
+            record["unaligned"] = self.config.model  # what the reference was aligned from
         stage = self.run_key(scenario, method, seed)
         if self.cached(f"{kind}__{stage}", final / f"{kind}.json", record):
             log(f"{scenario.name} / {method.name}: cached at {final}")

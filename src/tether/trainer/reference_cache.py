@@ -33,22 +33,56 @@ FLUSH_BYTES = 256 * 2**20  # pending entries written to a shard beyond this size
 logger = logging.getLogger(__name__)
 
 
-def fingerprint(model, tokenizer, critic_identity: dict | None) -> str:
+def fingerprint(model, tokenizer, settings: dict) -> str | None:
     """A hex digest of what the cached values depend on besides the example: the reference's parameters and buffers
     (names, dtypes, shapes, bytes; a LoRA adapter's own weights excluded, since the reference runs with it disabled),
-    its config, the tokenizer's vocabulary and `critic_identity` (None when the critic does not read the reference)."""
+    its config and attention implementation, the tokenizer's vocabulary and `settings` (the run's autocast, the
+    reading critic's identity). None when a weight is not in this process (partitioned, as under DeepSpeed ZeRO-3):
+    the weights cannot be hashed, so nothing may be cached."""
     digest = hashlib.sha256(f"tether reference cache {FORMAT}\n".encode())
     digest.update(model.config.to_json_string(use_diff=False).encode())
+    digest.update(str(getattr(model.config, "_attn_implementation", None)).encode())
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    digest.update(json.dumps(critic_identity, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted([*model.named_parameters(), *model.named_buffers()], key=lambda item: item[0]):
         if "lora_" in name or "modules_to_save" in name:
             continue
+        if tensor.numel() == 0 or tensor.is_meta:
+            return None
         # a LoRA-wrapped layer's frozen weight and the plain model's have one name, so LoRA and full runs share
         name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
         digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def state_digest(value, depth: int = 4) -> str:
+    """sha256 of an object's state, the same for equal states: tensors and arrays by dtype, shape and bytes, mappings
+    by sorted key, sequences in order, other objects by their class and attributes (`depth` levels down), scalars by
+    `repr`. What identifies a critic object whatever its class (probe weights, refusal token ids)."""
+    import numpy as np
+
+    digest = hashlib.sha256(type(value).__qualname__.encode())
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().contiguous().cpu()
+        digest.update(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        digest.update(f"{value.dtype} {value.shape}".encode() + np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode() + state_digest(value[key], depth).encode())
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        for item in items:
+            digest.update(state_digest(item, depth).encode())
+    elif isinstance(value, str | bytes | int | float | bool | type(None) | Path):
+        digest.update(repr(value).encode())
+    elif depth > 0 and hasattr(value, "__dict__"):  # an object of its own: its attributes
+        digest.update(state_digest(vars(value), depth - 1).encode())
+    else:
+        raise TypeError(f"cannot identify a {type(value).__qualname__}")
+    return digest.hexdigest()
 
 
 def files_digest(path: str | Path) -> str:
@@ -120,6 +154,9 @@ class ReferenceCache:
                     raise ValueError("inconsistent shard")
                 if sum(lengths) != rows:
                     raise ValueError(f"{sum(lengths)} positions listed, {rows} stored")
+            except OSError as error:  # the system's trouble (no file handle left, a vanished file), not the file's
+                logger.warning("reference cache: %s cannot be opened (%s); its examples are recomputed", path, error)
+                continue
             except Exception as error:  # a truncated or foreign file: never used, rebuilt from the reference
                 logger.warning("reference cache: %s is unreadable (%s); deleted, recomputed", path, error)
                 path.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,14 @@ from tether.modeling import AdapterDisabledReference, FrozenCopyReference, captu
 from tether.run_files import write_text_atomic
 from tether.sharding import check_engine
 from tether.trainer.callbacks import ReferenceCacheCallback, TetherStateCallback
-from tether.trainer.reference_cache import CachedExample, ReferenceCache, example_keys, files_digest, fingerprint
+from tether.trainer.reference_cache import (
+    CachedExample,
+    ReferenceCache,
+    example_keys,
+    files_digest,
+    fingerprint,
+    state_digest,
+)
 from tether.trainer.tether_config import TetherConfig
 
 TETHER_STATE = "tether_state.json"  # in each checkpoint folder, beside transformers' trainer_state.json
@@ -109,6 +117,7 @@ class TetherTrainer(SFTTrainer):
         self.reference_cache: ReferenceCache | None = None
         if self.reference is not None and args.reference_cache:
             self.reference_cache = self.open_reference_cache(args, kwargs["processing_class"])
+        if self.reference_cache is not None:
             self.add_callback(ReferenceCacheCallback(self))
         if frozen_copy is not None:
             # Replicated on every process, outside DDP, FSDP or DeepSpeed: the reference pass needs no collective
@@ -125,23 +134,32 @@ class TetherTrainer(SFTTrainer):
         """Whether the critic's score reads the reference pass (probe features, first-token log-probabilities)."""
         return self.reads is not None or (self.critic is not None and "reference_first_logprobs" in self.critic.needs)
 
-    def open_reference_cache(self, args: TetherConfig, tokenizer) -> ReferenceCache:
-        """The cache folder of this reference, tokenizer and reading critic under `reference_cache_dir` (default:
-        `<output_dir>/reference_cache`), hashed before training shards or changes the model."""
-        identity = None
+    def open_reference_cache(self, args: TetherConfig, tokenizer) -> ReferenceCache | None:
+        """The cache folder of this reference, tokenizer, autocast and reading critic under `reference_cache_dir`
+        (default: `<output_dir>/reference_cache`), hashed before training shards or changes the model; None (with a
+        warning) when the weights or the critic cannot be identified."""
+        settings = {"bf16": args.bf16, "fp16": args.fp16, "critic": None}
         if self.critic_reads_reference:
             critic = self.critic
-            identity = {"class": f"{type(critic).__module__}.{type(critic).__qualname__}", "name": critic.name}
+            try:  # the critic's whole state (probe weights, refusal token ids), whatever object it is
+                state = state_digest(critic)
+            except TypeError as error:
+                warnings.warn(f"reference_cache is off: the critic cannot be identified ({error})", stacklevel=2)
+                return None
+            settings["critic"] = {"class": f"{type(critic).__module__}.{type(critic).__qualname__}", "state": state}
             if args.probe_path:
-                identity["probe"] = files_digest(args.probe_path)
+                settings["critic"]["probe"] = files_digest(args.probe_path)
         root = args.reference_cache_dir or Path(args.output_dir) / REFERENCE_CACHE
         digest = [None]
         if self.accelerator.is_main_process:  # the others may hold meta tensors (cpu-ram-efficient loading)
-            digest = [fingerprint(self.reference.model, tokenizer, identity)]
+            digest = [fingerprint(self.reference.model, tokenizer, settings)]
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
             broadcast_object_list(digest)
+        if digest[0] is None:
+            warnings.warn("reference_cache is off: the reference's weights are partitioned (ZeRO-3)", stacklevel=2)
+            return None
         return ReferenceCache.open(root, digest[0])
 
     @classmethod
