@@ -138,7 +138,7 @@ def test_a_truncated_shard_is_reported_deleted_and_recomputed(tmp_path, caplog):
     shard = cache.flush()
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 40])
-    (cache.folder / ".part-killed.safetensors.tmp").write_bytes(data[:100])  # a write cut short by a kill
+    (cache.folder / f"{shard.name}.123.tmp").write_bytes(data[:100])  # a write cut short by a kill
     with caplog.at_level(logging.WARNING):
         reopened = ReferenceCache.open(tmp_path, "f" * 32)
     assert len(reopened) == 0 and not shard.exists()

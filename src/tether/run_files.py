@@ -136,18 +136,24 @@ def _holder(fd: int) -> str:
     return "unknown"
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file beside it (named with this process's id, so that processes
-    writing the same file never share one) moved over `path`: readers see the old or the new text, never a part."""
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Have `write(temporary)` fill a temporary file beside `path` (named with this process's id, so that processes
+    writing the same file never share one), then move it over `path`: readers see the old or the new file, never a
+    part; a failed write leaves nothing behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_text(text)
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (`write_atomic`)."""
+    write_atomic(path, lambda temporary: temporary.write_text(text))
 
 
 def cache_dir() -> Path:

@@ -106,9 +106,8 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
     rows, summary = load_training_rows(data_args, config.seed)
     extra_rows, extra_summary = trainer_class.load_extra_rows(config, data_args.data_dir)
     summary |= extra_summary
-    rows, prepared = trainer_class.prepare_rows(config, rows)
-    if prepared:
-        summary[trainer_class.switch] = prepared
+    rows, prepared_summary = trainer_class.prepare_rows(config, rows)
+    summary |= prepared_summary
     critic = critic_from_config(config) if config.regularizer == "adaptive" else None
     critic_records = None
     if isinstance(critic, PreparesRows):  # e.g. a judge: scores every row once, before the model is loaded

@@ -94,7 +94,7 @@ def test_the_judges_trajectory_reaches_the_tokens(tokenizer, tmp_path):
         ["sure here is the plan then the bomb comes next", 1.0],
         ["sure here is the plan then the bomb comes next and more", 1.0],
     ]
-    assert summary["partial_responses"] == 3 and summary["failures"] == 0
+    assert summary["star_dss"]["partial_responses"] == 3 and summary["star_dss"]["failures"] == 0
     dataset, _ = tokenize_rows(prepared, tokenizer, max_length=None)
     example = dataset[0]
     risk = example["token_risk"]

@@ -121,7 +121,7 @@ class StarDssTrainer(TetherTrainer):
                     f"star_dss_guardrail label reads the risk column, which {unlabelled} of {len(rows)} examples "
                     "lack; add the column, mix in --harmful_dataset, or use star_dss_guardrail judge"
                 )
-            return rows, {"guardrail": "label"}
+            return rows, {"star_dss": {"guardrail": "label"}}
         from tether.critics.judge import judge_from_config, judge_pair
 
         judge = judge_from_config(config)
@@ -134,7 +134,7 @@ class StarDssTrainer(TetherTrainer):
             for row, (prompt, parts) in zip(rows, chunks, strict=True)
         ]
         summary = {"guardrail": "judge", "id": judge.backend.id, "partial_responses": len(pairs)}
-        return rows, summary | {"calls": judge.calls, "failures": len(judge.failures)}
+        return rows, {"star_dss": summary | {"calls": judge.calls, "failures": len(judge.failures)}}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.token_safety = self.batch_safety(inputs)  # (B, T-1), read by token_weights inside the head's forward

@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from tether.run_files import write_atomic
 
 FORMAT = "1"
 FLUSH_BYTES = 256 * 2**20  # pending entries written to a shard beyond this size
@@ -51,9 +52,13 @@ def fingerprint(model, tokenizer, settings: dict) -> str | None:
             return None
         # a LoRA-wrapped layer's frozen weight and the plain model's have one name, so LoRA and full runs share
         name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode() + tensor_bytes(tensor))
     return digest.hexdigest()[:32]
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's raw bytes, whatever its dtype and device."""
+    return tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 def state_digest(value, depth: int = 4) -> str:
@@ -64,9 +69,7 @@ def state_digest(value, depth: int = 4) -> str:
 
     digest = hashlib.sha256(type(value).__qualname__.encode())
     if isinstance(value, torch.Tensor):
-        tensor = value.detach().contiguous().cpu()
-        digest.update(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(f"{value.dtype} {tuple(value.shape)}".encode() + tensor_bytes(value))
     elif isinstance(value, np.ndarray):
         digest.update(f"{value.dtype} {value.shape}".encode() + np.ascontiguousarray(value).tobytes())
     elif isinstance(value, dict):
@@ -82,17 +85,6 @@ def state_digest(value, depth: int = 4) -> str:
         digest.update(state_digest(vars(value), depth - 1).encode())
     else:
         raise TypeError(f"cannot identify a {type(value).__qualname__}")
-    return digest.hexdigest()
-
-
-def files_digest(path: str | Path) -> str:
-    """sha256 over the names and bytes of the files in a folder (a probe), or of one file."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if file.is_file():
-            digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}\n".encode())
-            digest.update(file.read_bytes())
     return digest.hexdigest()
 
 
@@ -137,7 +129,8 @@ class ReferenceCache:
         return cache
 
     def refresh(self) -> None:
-        """Index the shards in the folder not indexed yet; a shard that cannot be read is deleted (one warning)."""
+        """Index the shards in the folder not indexed yet. A shard that cannot be parsed (truncated, foreign) is
+        deleted and one that cannot be opened is skipped, each with one warning: their examples are recomputed."""
         from safetensors import safe_open
 
         for path in sorted(self.folder.glob("part-*.safetensors")):
@@ -201,12 +194,10 @@ class ReferenceCache:
             "lengths": torch.tensor([e.hidden.shape[0] for e in entries], dtype=torch.int64),  # (E,)
             "scores": torch.tensor([e.score for e in entries], dtype=torch.float32),  # (E,)
         }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{uuid.uuid4().hex}.safetensors"
-        temporary = self.folder / f".{name}.tmp"
-        save_file(tensors, str(temporary), metadata={"format": FORMAT, "keys": json.dumps(keys)})
-        os.replace(temporary, self.folder / name)
+        path = self.folder / f"part-{uuid.uuid4().hex}.safetensors"
+        metadata = {"format": FORMAT, "keys": json.dumps(keys)}
+        write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
         self.pending.clear()
         self.pending_bytes = 0
         self.refresh()
-        return self.folder / name
+        return path

@@ -33,7 +33,6 @@ from tether.trainer.reference_cache import (
     CachedExample,
     ReferenceCache,
     example_keys,
-    files_digest,
     fingerprint,
     state_digest,
 )
@@ -69,7 +68,6 @@ class ReferenceOutputs:
     softcap: float | None = None  # the model's final logit soft-capping, if any
     first_logprobs: torch.Tensor | None = None  # (B, V): the critic's `reference_first_logprobs`, when it needs them
     scores: torch.Tensor | None = None  # (B,): the raw score of a critic that reads the reference
-    cached: bool = False  # read from the reference cache: no forward ran
 
 
 class TetherTrainer(SFTTrainer):
@@ -147,8 +145,6 @@ class TetherTrainer(SFTTrainer):
                 warnings.warn(f"reference_cache is off: the critic cannot be identified ({error})", stacklevel=2)
                 return None
             settings["critic"] = {"class": f"{type(critic).__module__}.{type(critic).__qualname__}", "state": state}
-            if args.probe_path:
-                settings["critic"]["probe"] = files_digest(args.probe_path)
         root = args.reference_cache_dir or Path(args.output_dir) / REFERENCE_CACHE
         digest = [None]
         if self.accelerator.is_main_process:  # the others may hold meta tensors (cpu-ram-efficient loading)
@@ -246,7 +242,7 @@ class TetherTrainer(SFTTrainer):
             scores = torch.tensor([entry.score for entry in entries], dtype=torch.float32, device=device)  # (B,)
         model = self.reference.model
         softcap = getattr(model.config, "final_logit_softcapping", None)
-        return ReferenceOutputs(hidden, linear_head(model), softcap=softcap, scores=scores, cached=True)
+        return ReferenceOutputs(hidden, linear_head(model), softcap=softcap, scores=scores)
 
     def risk(
         self, inputs: dict, reference: ReferenceOutputs | None, positions: ResponsePositions
@@ -407,8 +403,8 @@ class TetherTrainer(SFTTrainer):
     # ---- what a run needs besides the training data (a baseline overrides these)
     @classmethod
     def prepare_rows(cls, config: TetherConfig, rows: list[dict]) -> tuple[list[dict], dict]:
-        """The training rows as this trainer needs them, checked or scored before the model loads, and entries for
-        `data_summary.json`; unchanged here."""
+        """The training rows as this trainer needs them, checked or scored before the model loads, and their summary
+        entries (for `data_summary.json`); unchanged here."""
         return rows, {}
 
     @classmethod
