@@ -103,13 +103,34 @@ def test_report_lists_every_method_and_plot(bench_dir):
     assert all(t["risk"] == 1.0 and t["beta"] == pytest.approx(0.9) for t in label["trajectory"])
 
 
+def test_stage_times_follow_the_computation_and_reach_the_report(bench_dir):
+    times = json.loads((bench_dir / "stage_times.json").read_text())
+    stages = list(times)
+    # every computed stage once, in the order computed: the base and the reference alignment before any attack run
+    assert stages[:3] == ["eval__base", "reference__run", "reference"]
+    assert stages.index("probe") < stages.index("runs__pure__a-reg-probe__seed0")
+    assert stages.index("runs__pure__sft__seed0") < stages.index("eval__pure__sft__seed0")
+    assert stages.index("antidote__pure__sft-antidote__seed0") < stages.index("eval__pure__sft-antidote__seed0")
+    assert len(stages) == len(list((bench_dir / "specs").glob("*.json")))  # one timing per spec record
+    assert all(seconds > 0 for seconds in times.values())
+    report = (bench_dir / "report" / "report.md").read_text()
+    table = report.split("## Stage times")[1]
+    assert "| reference: alignment (training) | 0 min" in table and "| train pure / sft / seed0 |" in table
+    assert "| eval pure / sft / seed0 |" in table and "| Safe LoRA pure / sft-safe-lora / seed0 |" in table
+    total = sum(times.values())
+    assert f"| **all stages** | **{int(total // 60)} min {total % 60:04.1f} s** |" in table
+    assert json.loads((bench_dir / "report" / "results.json").read_text())["stage_times"] == times
+
+
 def test_rerun_skips_finished_stages(bench_dir, capsys):
+    times = (bench_dir / "stage_times.json").read_text()
     before = {p: p.stat().st_mtime_ns for p in bench_dir.rglob("results.json") if "report" not in p.parts}
     config = bench_dir.parent / "bench.yaml"
     assert main(["bench", "--config", str(config), "--out_dir", str(bench_dir)]) == 0
     err = capsys.readouterr().err
     assert "training (" not in err and err.count("cached") >= 12 + 14
     assert before == {p: p.stat().st_mtime_ns for p in before}
+    assert (bench_dir / "stage_times.json").read_text() == times  # a cached stage keeps the time it took
 
 
 def test_report_rebuilds_from_disk(bench_dir):

@@ -34,6 +34,8 @@ from tether.run_files import atomic_dir, run_lock, staging_path, write_text_atom
 from tether.runner import train_from_settings
 from tether.trainer import TetherConfig
 
+STAGE_TIMES = "stage_times.json"  # stage -> wall-clock seconds when it was computed
+
 
 def log(message: str) -> None:
     print(f"[tether bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -153,8 +155,9 @@ class Bench:
         }
         self.train_once("reference alignment", run_dir, settings)
         log("reference: merging the adapter into the weights")
+        started = time.monotonic()  # the training is its own stage (reference__run)
         merge_run(run_dir, final)
-        self.record("reference", spec)
+        self.record("reference", spec, started)
 
     # ---- stage 2: the probe, fit when a run's critic is the probe
     def uses_probe(self, scenario: Scenario, method: Method) -> bool:
@@ -174,6 +177,7 @@ class Bench:
             shutil.rmtree(self.probe_dir, ignore_errors=True)
             shutil.rmtree(self.out / "probe_eval", ignore_errors=True)
             log(f"probe: fitting on {self.reference_model}")
+            started = time.monotonic()
             fit_probe_dir(
                 self.reference_model,
                 spec.harmful,
@@ -188,7 +192,7 @@ class Bench:
                 tokens=spec.tokens,
                 data_dir=self.config.data_dir,
             )
-            self.record("probe", probe_spec)
+            self.record("probe", probe_spec, started)
         else:
             log(f"probe: cached at {self.probe_dir}")
         if spec.eval_harmful and spec.eval_benign and not (self.out / "probe_eval" / "eval.json").is_file():
@@ -234,8 +238,9 @@ class Bench:
             train_settings["restart"] = True  # a killed run of other settings; one of these settings resumes
         write_text_atomic(config_file, record)
         log(f"{what}: training ({config_file})")
+        started = time.monotonic()
         print(f"run directory: {train_from_settings(train_settings)}")  # as `tether train` prints it
-        self.record(stage, spec)
+        self.record(stage, spec, started)
 
     def repair(self, scenario: Scenario, method: Method, seed: int, run_dir: Path) -> Path:
         """A post-hoc method: the trained run pruned by `tether antidote` or projected by `tether safelora` (a plain
@@ -251,6 +256,7 @@ class Bench:
             log(f"{scenario.name} / {method.name}: cached at {final}")
             return final
         shutil.rmtree(final, ignore_errors=True)  # a folder without its record file: left by a killed run
+        started = time.monotonic()
         if kind == "antidote":
             log(f"{scenario.name} / {method.name}: pruning {run_dir} ({spec.ratio:.0%} of each adapter matrix)")
             antidote_to_dir(
@@ -266,7 +272,7 @@ class Bench:
             safe_lora_to_dir(
                 str(run_dir), self.config.model, final, num_layers=spec.num_layers, threshold=spec.threshold
             )
-        self.record(f"{kind}__{stage}", record)
+        self.record(f"{kind}__{stage}", record, started)
         return final
 
     # ---- stage 5: evaluation
@@ -292,6 +298,7 @@ class Bench:
         log(f"eval {key}: {' '.join(benchmarks) if benchmarks else f'held-out NLL on {nll_data}'}")
         nll = {"nll_data": nll_data, "nll_limit": spec.utility_limit} if nll_data else {}
         shutil.rmtree(final, ignore_errors=True)  # a folder without results.json: left by a killed run
+        started = time.monotonic()
         evaluate_to_dir(
             model,
             benchmarks,
@@ -301,7 +308,7 @@ class Bench:
             batch_size=spec.batch_size,
             **nll,
         )
-        self.record(f"eval__{key}", record)
+        self.record(f"eval__{key}", record, started)
         return final
 
     # ---- helpers
@@ -318,10 +325,17 @@ class Bench:
             )
         return True
 
-    def record(self, stage: str, spec: dict) -> None:
+    def record(self, stage: str, spec: dict, started: float) -> None:
+        """The stage's spec (what `cached` compares) and its wall-clock seconds since `started` (time.monotonic), in
+        `stage_times.json` in the order the stages were computed (the report's stage table)."""
         path = self.out / "specs" / f"{stage}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.portable(spec), indent=1, sort_keys=True))
+        times_file = self.out / STAGE_TIMES
+        times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+        times.pop(stage, None)  # a recomputed stage moves to the end
+        times[stage] = round(time.monotonic() - started, 1)
+        write_text_atomic(times_file, json.dumps(times, indent=1) + "\n")
 
     def portable(self, spec: dict) -> dict:
         """The spec with the bench directory's own path replaced, so that a moved bench directory stays valid."""

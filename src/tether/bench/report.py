@@ -68,7 +68,9 @@ def collect(out: Path) -> dict:
     reference_nll = {s.name: own_utility.get(s.name, (None, default_nll))[1] for s in config.scenarios}
     _add_utility_kept(runs, reference_nll)
     probe_eval = out / "probe_eval" / "eval.json"
+    stage_times = out / "stage_times.json"
     return {
+        "stage_times": json.loads(stage_times.read_text()) if stage_times.is_file() else {},
         "config": raw,
         "initial": initial,
         "runs": runs,
@@ -257,8 +259,38 @@ def markdown(data: dict, rows: list[dict]) -> str:
             f"{', '.join(selection['val_harmful'])} against {', '.join(selection['val_benign'])} ({table}).",
         ]
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(data, rows)]
+    lines += stage_table(data.get("stage_times") or {})
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in data.get("plots", [])) if data.get("plots") else ""]
     return "\n".join(lines) + "\n"
+
+
+def stage_label(stage: str) -> str:
+    """A stage's name in `stage_times.json` (the spec record's name) as the report says it."""
+    if stage == "reference__run":
+        return "reference: alignment (training)"
+    if stage == "reference":
+        return "reference: merging the adapter"
+    if stage == "probe":
+        return "probe: fit"
+    kind, _, rest = stage.partition("__")
+    words = {"runs": "train", "eval": "eval", "antidote": "Antidote", "safe_lora": "Safe LoRA"}
+    if kind not in words:
+        return stage
+    return f"{words[kind]} {rest.replace('__', ' / ')}"
+
+
+def stage_table(times: dict[str, float]) -> list[str]:
+    """The wall-clock time of each stage when it was computed, in that order, and their sum."""
+    if not times:
+        return []
+
+    def clock(seconds: float) -> str:
+        return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
+
+    lines = ["", "## Stage times (wall clock when each stage was computed)", "", "| stage | time |", "|---|---|"]
+    lines += [f"| {stage_label(stage)} | {clock(seconds)} |" for stage, seconds in times.items()]
+    lines.append(f"| **all stages** | **{clock(sum(times.values()))}** |")
+    return lines
 
 
 def targets(data: dict, rows: list[dict]) -> list[str]:
@@ -394,7 +426,13 @@ def write_report(out: str | Path) -> Path:
     final = out / "report"
     with atomic_dir(final, replace=True) as report_dir:
         data["plots"] = plot(data, rows, report_dir)
-        results = {"initial": data["initial"], "rows": rows, "runs": data["runs"], "probe_eval": data["probe_eval"]}
+        results = {
+            "initial": data["initial"],
+            "rows": rows,
+            "runs": data["runs"],
+            "probe_eval": data["probe_eval"],
+            "stage_times": data["stage_times"],
+        }
         (report_dir / "results.json").write_text(json.dumps(results, indent=2))
         (report_dir / "report.md").write_text(markdown(data, rows))
     return final / "report.md"
