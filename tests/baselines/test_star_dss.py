@@ -6,6 +6,7 @@ import torch
 from tests.conftest import make_config, make_trainer, target_logprobs_of
 from tests.fake_openai import FakeOpenAIServer
 from tether.baselines.star_dss import StarDssTrainer, partial_responses, star_weights
+from tether.critics.refusal import refusal_scores
 from tether.data.chat import TetherCollator, tokenize_rows
 from tether.errors import TetherInputError
 from tether.trainer.tether_trainer import ResponsePositions
@@ -67,6 +68,41 @@ def test_the_gradient_is_the_official_objectives(tiny_model, tokenizer, rows, tm
     assert metrics["star/k2"][0] > 0 and metrics["weights/beta_max"] == [0.0]  # no tether KL
 
 
+def test_the_critic_guardrail_trains_each_token_on_its_examples_refusal_risk(tiny_model, tokenizer, rows, tmp_path):
+    """With tether's refusal critic as the guardrail, every response token of an example has safety 1 − the
+    reference's refusal mass on that example's prompt (scored here by a separate forward of the adapter-disabled
+    model), and the gradient is the objective's with those per-example safeties."""
+    config = make_config(tmp_path, regularizer="none", star_dss=True, star_dss_guardrail="critic", critic="refusal")
+    assert StarDssTrainer.prepare_rows(config, rows[:2])[1] == {
+        "star_dss": {"guardrail": "critic", "critic": "refusal"}
+    }
+    trainer = make_trainer(tiny_model, tokenizer, rows[:2] + rows[-2:], config)
+    generator = torch.Generator().manual_seed(1)
+    lora = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
+    with torch.no_grad():
+        for param in lora.values():
+            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    trainer.model.eval()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    positions = ResponsePositions.of(batch)
+    prompts = [row["messages"][:-1] for row in rows[:2] + rows[-2:]]
+    with trainer.reference.active() as reference:
+        risk = torch.tensor(refusal_scores(reference, tokenizer, prompts))  # (4,)
+        ref = target_logprobs_of(reference, batch)[0]
+    assert risk.min() > 0 and len(set(risk.tolist())) == 4  # four prompts, four distinct safeties
+    policy = target_logprobs_of(trainer.model, batch)[0]
+    safety = 1 - risk[positions.rows]
+    objective = (safety * -policy + 0.5 * (1 - safety) * (policy - ref).square() / 2).sum() / policy.numel()
+    expected = torch.autograd.grad(objective, list(lora.values()))
+    trainer.model.zero_grad()
+    trainer.compute_loss(trainer.model, batch).backward()
+    for (name, param), grad in zip(lora.items(), expected, strict=True):
+        torch.testing.assert_close(param.grad, grad, atol=1e-6, rtol=1e-4, msg=name)
+    metrics = trainer._metrics["eval"]
+    assert metrics["critic/risk_mean"][0] == pytest.approx(risk.mean().item(), rel=1e-5)
+    assert metrics["weights/beta_max"] == [0.0]  # the critic shapes STAR-DSS's weights, not a tether KL
+
+
 def test_the_judges_trajectory_reaches_the_tokens(tokenizer, tmp_path):
     """The judge scores each partial response before the model loads; a token takes the risk of the first partial
     response that reaches it: the words before the harmful turn are safe, the rest unsafe."""
@@ -116,6 +152,12 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path, rows):
         make_config(tmp_path, regularizer="none", star_dss=True)
     with pytest.raises(TetherInputError, match="star_dss brings its own KL term; it needs regularizer none"):
         make_config(tmp_path, star_dss=True, star_dss_guardrail="label")
+    with pytest.raises(
+        TetherInputError, match="star_dss_guardrail critic reads the reference pass, which critic 'label'"
+    ):
+        make_config(tmp_path, regularizer="none", star_dss=True, star_dss_guardrail="critic", critic="label")
+    with pytest.raises(TetherInputError, match="star_dss_guardrail critic with critic probe needs probe_path"):
+        make_config(tmp_path, regularizer="none", star_dss=True, star_dss_guardrail="critic", critic="probe")
     config = make_config(tmp_path, regularizer="none", star_dss=True, star_dss_guardrail="label")
     unlabelled = [{k: v for k, v in row.items() if k != "risk"} for row in rows[:3]] + rows[3:]
     with pytest.raises(TetherInputError, match="reads the risk column, which 3 of 32 examples lack"):

@@ -17,8 +17,10 @@ k2 term's value is logged as `star/k2`.
 Guardrails (`star_dss_guardrail`): `judge`, an LLM judge (`judge_url`, `judge_model`) on every partial response, scored
 before the model loads (the disk cache makes reruns free): the official method, with tether's 1–5 rubric judge where
 the official code reads a guard model's P(safe); `label`, the data's harmful label on every token of its response
-(an oracle with no trajectory: what the loss design does with a perfect per-example critic). Critics that read the
-reference or score only whole examples (`refusal`, `probe`, `constant`) cannot score partial responses.
+(an oracle with no trajectory: what the loss design does with a perfect per-example critic); `critic`, tether's
+`critic` (`refusal` by default, or `probe`) on every token of the response, the example's risk read from the reference
+pass the k2 term runs anyway (no trajectory either: these critics score the prompt, not partial responses). Label
+against critic separates the loss design from the critic's quality.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tether.critics import critic_from_config
 from tether.errors import TetherInputError
 from tether.trainer import TetherConfig, TetherTrainer
 from tether.trainer.tether_trainer import target_logprobs_both
 
-GUARDRAILS = ("judge", "label")
+GUARDRAILS = ("judge", "label", "critic")
+CRITIC_GUARDRAILS = ("refusal", "probe")  # the critics that read the reference pass
 
 
 @dataclass
@@ -44,8 +48,9 @@ class StarDssConfig(TetherConfig):
     star_dss (`bool`, defaults to `False`):
         Turns STAR-DSS on (with `regularizer: none`: its KL term replaces tether's).
     star_dss_guardrail (`str`, defaults to `"judge"`):
-        What scores the partial responses: `judge` (the LLM judge of `judge_url`, `judge_model`) or `label` (the data's
-        risk column on every token of the response).
+        What scores the partial responses: `judge` (the LLM judge of `judge_url`, `judge_model`), `label` (the data's
+        risk column on every token of the response) or `critic` (tether's `critic`, `refusal` or `probe`, its risk of
+        the example on every token).
     star_dss_kl_scale (`float`, defaults to `0.5`):
         λ, the weight of the k2 KL term on unsafe tokens.
     star_dss_chunk_words (`int`, defaults to `5`):
@@ -53,7 +58,9 @@ class StarDssConfig(TetherConfig):
     """
 
     star_dss: bool = field(default=False, metadata={"help": "STAR-DSS (token-level safety shaping) on."})
-    star_dss_guardrail: str = field(default="judge", metadata={"help": "STAR-DSS: judge (partial responses) or label."})
+    star_dss_guardrail: str = field(
+        default="judge", metadata={"help": "STAR-DSS: judge (partial responses), label or critic (per example)."}
+    )
     star_dss_kl_scale: float = field(default=0.5, metadata={"help": "STAR-DSS: lambda of the k2 KL term."})
     star_dss_chunk_words: int = field(default=5, metadata={"help": "STAR-DSS: words per scored chunk."})
 
@@ -66,8 +73,16 @@ class StarDssConfig(TetherConfig):
             if self.star_dss_guardrail not in GUARDRAILS:
                 raise TetherInputError(
                     f"star_dss_guardrail {self.star_dss_guardrail!r} cannot score partial responses; use judge (an "
-                    "LLM judge on each partial response) or label (the data's risk column on every token)"
+                    "LLM judge on each partial response), label (the data's risk column on every token) or critic "
+                    "(tether's critic, refusal or probe, on every token)"
                 )
+            if self.star_dss_guardrail == "critic" and self.critic not in CRITIC_GUARDRAILS:
+                raise TetherInputError(
+                    f"star_dss_guardrail critic reads the reference pass, which critic {self.critic!r} does not; "
+                    "set critic refusal or probe, or star_dss_guardrail label or judge"
+                )
+            if self.star_dss_guardrail == "critic" and self.critic == "probe" and not self.probe_path:
+                raise TetherInputError("star_dss_guardrail critic with critic probe needs probe_path")
             if self.star_dss_guardrail == "judge" and not (self.judge_url and self.judge_model):
                 raise TetherInputError(
                     "star_dss_guardrail judge needs judge_url and judge_model (an OpenAI-compatible server)"
@@ -114,6 +129,8 @@ class StarDssTrainer(TetherTrainer):
     def prepare_rows(cls, config, rows: list[dict]) -> tuple[list[dict], dict]:
         """Before the model loads: every row's safety trajectory (`risk_chunks`: each partial response and its
         risk) from the judge, or a check that every row carries the risk label; and the summary entry."""
+        if config.star_dss_guardrail == "critic":
+            return rows, {"star_dss": {"guardrail": "critic", "critic": config.critic}}
         if config.star_dss_guardrail == "label":
             unlabelled = sum("risk" not in row for row in rows)
             if unlabelled:
@@ -136,13 +153,28 @@ class StarDssTrainer(TetherTrainer):
         summary = {"guardrail": "judge", "id": judge.backend.id, "partial_responses": len(pairs)}
         return rows, {"star_dss": summary | {"calls": judge.calls, "failures": len(judge.failures)}}
 
+    @staticmethod
+    def make_critic(args, critic=None):
+        """The critic of the `critic` guardrail (its risk comes from the reference pass, as under A-Reg)."""
+        if args.star_dss_guardrail != "critic":
+            return None
+        return critic_from_config(args) if critic is None else critic_from_config(args, critic)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.token_safety = self.batch_safety(inputs)  # (B, T-1), read by token_weights inside the head's forward
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def risk(self, inputs, reference, positions):
+        scores, step_scores = super().risk(inputs, reference, positions)
+        if self.args.star_dss_guardrail == "critic":  # the example's risk on each of its tokens
+            self.token_safety = (1 - scores[:, None]).clamp(0, 1).expand(-1, inputs["labels"].shape[1] - 1)
+        return scores, step_scores
+
     def batch_safety(self, inputs) -> torch.Tensor:
         """s = 1 − risk at each shifted target position (B, T-1): the trajectory's (`token_risk`), or the example's
         label on every token."""
+        if self.args.star_dss_guardrail == "critic":
+            return None  # set by `risk`, once the reference pass has scored the batch
         if self.args.star_dss_guardrail == "label":
             risk = inputs["risk"][:, None].expand(-1, inputs["labels"].shape[1] - 1)  # (B, T-1)
         else:

@@ -96,9 +96,7 @@ class TetherTrainer(SFTTrainer):
         # Our loss divides by `num_items_in_batch` itself, so the Trainer must not divide by the accumulation steps.
         self.model_accepts_loss_kwargs = True
         self.weights = args.make_weights()
-        self.critic = None
-        if args.regularizer == "adaptive":
-            self.critic = critic_from_config(args) if critic is None else critic_from_config(args, critic)
+        self.critic = self.make_critic(args, critic)
         self.reads: ReferenceReads | None = None  # the reference states the critic reads
         if isinstance(self.critic, ReadsReference):
             self.reads = self.critic.reference_reads(self.model, kwargs["processing_class"])
@@ -121,6 +119,14 @@ class TetherTrainer(SFTTrainer):
             # Replicated on every process, outside DDP, FSDP or DeepSpeed: the reference pass needs no collective
             # and the head weight it hands the fused loss is whole (docs/method.md §1.7)
             frozen_copy.model.to(self.accelerator.device)
+
+    @staticmethod
+    def make_critic(args: TetherConfig, critic=None):
+        """The safety critic of `args.critic` (or the instance `critic`) under `regularizer: adaptive`; None otherwise.
+        A baseline whose loss reads a critic's risk without tether's KL overrides this."""
+        if args.regularizer != "adaptive":
+            return None
+        return critic_from_config(args) if critic is None else critic_from_config(args, critic)
 
     @property
     def kl_multiplier(self) -> float:
