@@ -32,66 +32,26 @@ def test_weights_by_hand():
     assert star_weights(safety, delta, 0.5).tolist() == pytest.approx([1.0, -1.0, 0.5, 0.25])
 
 
-def test_the_gradient_is_the_official_objectives(tiny_model, tokenizer, rows, tmp_path):
-    """With the label guardrail on a batch of two harmful and two benign rows and a moved adapter, the LoRA gradients
-    equal those of Σ_t [s_t·nll_t + λ(1 − s_t)·½(log π_θ(y_t) − log π_ref(y_t))²] / N computed by autograd from two
-    plain forwards (adapter on, adapter off) over full logits."""
-    config = make_config(tmp_path, regularizer="none", star_dss=True, star_dss_guardrail="label")
+def moved_star_trainer(tiny_model, tokenizer, rows, config, seed):
+    """A STAR-DSS trainer on two harmful and two benign rows with a randomly moved adapter, in eval mode (no dropout:
+    the trainer and autograd see one network); returns it, its LoRA parameters and the batch of the four rows."""
     trainer = make_trainer(tiny_model, tokenizer, rows[:2] + rows[-2:], config)
     assert isinstance(trainer, StarDssTrainer)
-    generator = torch.Generator().manual_seed(0)
-    lora = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
-    with torch.no_grad():
-        for param in lora.values():
-            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-    trainer.model.eval()  # no dropout: both computations see one network
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    positions = ResponsePositions.of(batch)
-    targets = positions.targets[positions.rows, positions.cols]
-
-    def logp(model):
-        return target_logprobs_of(model, batch)[0]
-
-    with trainer.reference.active() as reference:
-        ref = logp(reference)
-    policy = logp(trainer.model)
-    safety = 1 - batch["risk"][positions.rows]
-    assert set(safety.tolist()) == {0.0, 1.0}
-    objective = (safety * -policy + 0.5 * (1 - safety) * (policy - ref).square() / 2).sum() / targets.numel()
-    expected = torch.autograd.grad(objective, list(lora.values()))
-    trainer.model.zero_grad()
-    trainer.compute_loss(trainer.model, batch).backward()
-    for (name, param), grad in zip(lora.items(), expected, strict=True):
-        torch.testing.assert_close(param.grad, grad, atol=1e-6, rtol=1e-4, msg=name)
-    metrics = trainer._metrics["eval"]
-    assert metrics["star/safety_mean"][0] == pytest.approx(safety.mean().item())
-    assert metrics["star/k2"][0] > 0 and metrics["weights/beta_max"] == [0.0]  # no tether KL
-
-
-def test_the_critic_guardrail_trains_each_token_on_its_examples_refusal_risk(tiny_model, tokenizer, rows, tmp_path):
-    """With tether's refusal critic as the guardrail, every response token of an example has safety 1 − the
-    reference's refusal mass on that example's prompt (scored here by a separate forward of the adapter-disabled
-    model), and the gradient is the objective's with those per-example safeties."""
-    config = make_config(tmp_path, regularizer="none", star_dss=True, star_dss_guardrail="critic", critic="refusal")
-    assert StarDssTrainer.prepare_rows(config, rows[:2])[1] == {
-        "star_dss": {"guardrail": "critic", "critic": "refusal"}
-    }
-    trainer = make_trainer(tiny_model, tokenizer, rows[:2] + rows[-2:], config)
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(seed)
     lora = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
     with torch.no_grad():
         for param in lora.values():
             param.copy_(0.1 * torch.randn(param.shape, generator=generator))
     trainer.model.eval()
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    positions = ResponsePositions.of(batch)
-    prompts = [row["messages"][:-1] for row in rows[:2] + rows[-2:]]
+    return trainer, lora, trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+
+
+def assert_star_gradient(trainer, lora, batch, safety):
+    """The trainer's LoRA gradients equal those of Σ_t [s_t·nll_t + λ(1 − s_t)·½(log π_θ(y_t) − log π_ref(y_t))²] / N
+    (λ 0.5) computed by autograd from two plain forwards (adapter on, adapter off) over full logits; safety (N,)."""
     with trainer.reference.active() as reference:
-        risk = torch.tensor(refusal_scores(reference, tokenizer, prompts))  # (4,)
         ref = target_logprobs_of(reference, batch)[0]
-    assert risk.min() > 0 and len(set(risk.tolist())) == 4  # four prompts, four distinct safeties
     policy = target_logprobs_of(trainer.model, batch)[0]
-    safety = 1 - risk[positions.rows]
     objective = (safety * -policy + 0.5 * (1 - safety) * (policy - ref).square() / 2).sum() / policy.numel()
     expected = torch.autograd.grad(objective, list(lora.values()))
     trainer.model.zero_grad()
@@ -99,8 +59,33 @@ def test_the_critic_guardrail_trains_each_token_on_its_examples_refusal_risk(tin
     for (name, param), grad in zip(lora.items(), expected, strict=True):
         torch.testing.assert_close(param.grad, grad, atol=1e-6, rtol=1e-4, msg=name)
     metrics = trainer._metrics["eval"]
-    assert metrics["critic/risk_mean"][0] == pytest.approx(risk.mean().item(), rel=1e-5)
-    assert metrics["weights/beta_max"] == [0.0]  # the critic shapes STAR-DSS's weights, not a tether KL
+    assert metrics["star/safety_mean"][0] == pytest.approx(safety.mean().item(), rel=1e-5)
+    assert metrics["star/k2"][0] > 0 and metrics["weights/beta_max"] == [0.0]  # no tether KL
+
+
+def test_the_gradient_is_the_official_objectives(tiny_model, tokenizer, rows, tmp_path):
+    """With the label guardrail, each token's safety is its example's label: the official objective's gradient."""
+    config = make_config(tmp_path, regularizer="none", star_dss=True, star_dss_guardrail="label")
+    trainer, lora, batch = moved_star_trainer(tiny_model, tokenizer, rows, config, seed=0)
+    safety = 1 - batch["risk"][ResponsePositions.of(batch).rows]
+    assert set(safety.tolist()) == {0.0, 1.0}
+    assert_star_gradient(trainer, lora, batch, safety)
+
+
+def test_the_critic_guardrail_trains_each_token_on_its_examples_refusal_risk(tiny_model, tokenizer, rows, tmp_path):
+    """With tether's refusal critic as the guardrail, every response token of an example has safety 1 − the
+    reference's refusal mass on that example's prompt (scored here by a separate forward of the adapter-disabled
+    model), and the gradient is the objective's with those per-example safeties."""
+    config = make_config(tmp_path, regularizer="none", star_dss=True, star_dss_guardrail="critic", critic="refusal")
+    summary = StarDssTrainer.prepare_rows(config, rows[:2])[1]
+    assert summary == {"star_dss": {"guardrail": "critic", "critic": "refusal"}}
+    trainer, lora, batch = moved_star_trainer(tiny_model, tokenizer, rows, config, seed=1)
+    prompts = [row["messages"][:-1] for row in rows[:2] + rows[-2:]]
+    with trainer.reference.active() as reference:
+        risk = torch.tensor(refusal_scores(reference, tokenizer, prompts))  # (4,)
+    assert risk.min() > 0 and len(set(risk.tolist())) == 4  # four prompts, four distinct safeties
+    assert_star_gradient(trainer, lora, batch, 1 - risk[ResponsePositions.of(batch).rows])
+    assert trainer._metrics["eval"]["critic/risk_mean"][0] == pytest.approx(risk.mean().item(), rel=1e-5)
 
 
 def test_the_judges_trajectory_reaches_the_tokens(tokenizer, tmp_path):

@@ -163,7 +163,7 @@ class Bench:
     def uses_probe(self, scenario: Scenario, method: Method) -> bool:
         settings = {**self.config.train, **scenario.train, **method.train}
         adaptive = settings.get("regularizer", TetherConfig.regularizer) == "adaptive"
-        star_critic = settings.get("star_dss") and settings.get("star_dss_guardrail") == "critic"  # STAR-DSS's guardrail
+        star_critic = settings.get("star_dss") and settings.get("star_dss_guardrail") == "critic"
         return (adaptive or bool(star_critic)) and settings.get("critic", TetherConfig.critic) == "probe"
 
     def fit_probe(self) -> None:
