@@ -112,7 +112,8 @@ def test_stage_times_follow_the_computation_and_reach_the_report(bench_dir):
     assert stages.index("runs__pure__sft__seed0") < stages.index("eval__pure__sft__seed0")
     assert stages.index("antidote__pure__sft-antidote__seed0") < stages.index("eval__pure__sft-antidote__seed0")
     assert len(stages) == len(list((bench_dir / "specs").glob("*.json")))  # one timing per spec record
-    assert all(seconds > 0 for seconds in times.values())
+    assert all(seconds >= 0 for seconds in times.values())  # a merge on the tiny model may round to 0
+    assert times["reference__run"] > 0 and times["eval__reference"] > 0
     report = (bench_dir / "report" / "report.md").read_text()
     table = report.split("## Stage times")[1]
     assert "| reference: alignment (training) | 0 min" in table and "| train pure / sft / seed0 |" in table

@@ -335,7 +335,7 @@ class Bench:
         times_file = self.out / STAGE_TIMES
         times = json.loads(times_file.read_text()) if times_file.is_file() else {}
         times.pop(stage, None)  # a recomputed stage moves to the end
-        times[stage] = round(time.monotonic() - started, 1)
+        times[stage] = round(time.monotonic() - started, 2)
         write_text_atomic(times_file, json.dumps(times, indent=1) + "\n")
 
     def portable(self, spec: dict) -> dict:
