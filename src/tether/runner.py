@@ -108,7 +108,7 @@ def _run_training(final_dir: Path, model_args: ModelArgs, data_args: DataArgs, c
     summary |= extra_summary
     rows, prepared_summary = trainer_class.prepare_rows(config, rows)
     summary |= prepared_summary
-    critic = critic_from_config(config) if config.regularizer == "adaptive" else None
+    critic = critic_from_config(config) if trainer_class.uses_critic(config) else None
     critic_records = None
     if isinstance(critic, PreparesRows):  # e.g. a judge: scores every row once, before the model is loaded
         from tether.critics.judge import JudgeFailure

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tether.critics import critic_from_config
 from tether.errors import TetherInputError
 from tether.trainer import TetherConfig, TetherTrainer
 from tether.trainer.tether_trainer import target_logprobs_both
@@ -111,6 +110,11 @@ def star_weights(safety: torch.Tensor, delta: torch.Tensor, kl_scale: float) -> 
     return safety - kl_scale * (1 - safety) * delta
 
 
+def example_safety(risk: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """An example's risk (B,) as the safety of each of its shifted target positions: 1 − risk, (B, T-1)."""
+    return (1 - risk[:, None]).clamp(0, 1).expand(-1, inputs["labels"].shape[1] - 1)
+
+
 class StarDssTrainer(TetherTrainer):
     """`TetherTrainer` whose per-token NLL weight is STAR-DSS's w_t (module docstring); no tether KL."""
 
@@ -153,32 +157,30 @@ class StarDssTrainer(TetherTrainer):
         summary = {"guardrail": "judge", "id": judge.backend.id, "partial_responses": len(pairs)}
         return rows, {"star_dss": summary | {"calls": judge.calls, "failures": len(judge.failures)}}
 
-    @staticmethod
-    def make_critic(args, critic=None):
-        """The critic of the `critic` guardrail (its risk comes from the reference pass, as under A-Reg)."""
-        if args.star_dss_guardrail != "critic":
-            return None
-        return critic_from_config(args) if critic is None else critic_from_config(args, critic)
+    @classmethod
+    def uses_critic(cls, args) -> bool:
+        """The `critic` guardrail's critic (its risk comes from the reference pass, as under A-Reg)."""
+        return args.star_dss_guardrail == "critic"
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.token_safety = self.batch_safety(inputs)  # (B, T-1), read by token_weights inside the head's forward
+        # (B, T-1), read by token_weights inside the head's forward; the critic guardrail's is set by `risk`, once the
+        # reference pass has scored the batch
+        if self.args.star_dss_guardrail != "critic":
+            self.token_safety = self.batch_safety(inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def risk(self, inputs, reference, positions):
         scores, step_scores = super().risk(inputs, reference, positions)
-        if self.args.star_dss_guardrail == "critic":  # the example's risk on each of its tokens
-            self.token_safety = (1 - scores[:, None]).clamp(0, 1).expand(-1, inputs["labels"].shape[1] - 1)
+        if self.args.star_dss_guardrail == "critic":
+            self.token_safety = example_safety(scores, inputs)
         return scores, step_scores
 
     def batch_safety(self, inputs) -> torch.Tensor:
         """s = 1 − risk at each shifted target position (B, T-1): the trajectory's (`token_risk`), or the example's
         label on every token."""
-        if self.args.star_dss_guardrail == "critic":
-            return None  # set by `risk`, once the reference pass has scored the batch
         if self.args.star_dss_guardrail == "label":
-            risk = inputs["risk"][:, None].expand(-1, inputs["labels"].shape[1] - 1)  # (B, T-1)
-        else:
-            risk = inputs["token_risk"][:, 1:]  # (B, T-1): the risk of the token each position predicts
+            return example_safety(inputs["risk"], inputs)
+        risk = inputs["token_risk"][:, 1:]  # (B, T-1): the risk of the token each position predicts
         return (1 - risk).clamp(0, 1)
 
     def token_weights(self, hidden, head, positions, reference, alpha, beta):

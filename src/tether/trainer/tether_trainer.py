@@ -96,7 +96,7 @@ class TetherTrainer(SFTTrainer):
         # Our loss divides by `num_items_in_batch` itself, so the Trainer must not divide by the accumulation steps.
         self.model_accepts_loss_kwargs = True
         self.weights = args.make_weights()
-        self.critic = self.make_critic(args, critic)
+        self.critic = critic_from_config(args, critic) if self.uses_critic(args) else None
         self.reads: ReferenceReads | None = None  # the reference states the critic reads
         if isinstance(self.critic, ReadsReference):
             self.reads = self.critic.reference_reads(self.model, kwargs["processing_class"])
@@ -120,13 +120,11 @@ class TetherTrainer(SFTTrainer):
             # and the head weight it hands the fused loss is whole (docs/method.md §1.7)
             frozen_copy.model.to(self.accelerator.device)
 
-    @staticmethod
-    def make_critic(args: TetherConfig, critic=None):
-        """The safety critic of `args.critic` (or the instance `critic`) under `regularizer: adaptive`; None otherwise.
+    @classmethod
+    def uses_critic(cls, args: TetherConfig) -> bool:
+        """Whether this run scores its examples with the safety critic `args.critic`: under `regularizer: adaptive`.
         A baseline whose loss reads a critic's risk without tether's KL overrides this."""
-        if args.regularizer != "adaptive":
-            return None
-        return critic_from_config(args) if critic is None else critic_from_config(args, critic)
+        return args.regularizer == "adaptive"
 
     @property
     def kl_multiplier(self) -> float:
