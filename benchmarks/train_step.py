@@ -9,8 +9,11 @@ All modes train the same LoRA adapter (r 16, every projection) on the same batch
   check (16 AdvBench prompts, one no-grad forward) run after every third step, as `tether train` runs it;
 - `adaptive-cached`, `default-cached`: the same with the reference cache warm (an epoch after the first: every
   example was seen, so no reference forward runs); `adaptive` and `default` run with the cache off (a first epoch);
-- `constrained`, `star-dss`, `asft`: the baselines that change the step (constrained SFT, STAR-DSS with the label
-  guardrail, AsFT: `--model` the aligned reference, `--unaligned` the model it was aligned from), official settings;
+- `constrained`, `star-dss`, `star-dss-critic`, `asft`: the baselines that change the step (constrained SFT, STAR-DSS
+  with the label guardrail and with the refusal critic as guardrail, AsFT: `--model` the aligned reference,
+  `--unaligned` the model it was aligned from), official settings;
+- `lisa`: LISA's fine-tuning step, SFT plus the proximal term to the weights at the last phase switch (its alignment
+  steps replace user steps with a batch of alignment data, so they cost an SFT step on that batch);
 - `naive`: a second full copy of the model as the reference, and NLL + KL over every position's full logits
   (B × T × V), masked afterwards: how a straightforward implementation does it.
 
@@ -21,7 +24,7 @@ Peak memory needs one process per mode: `benchmarks/train_step.sh` runs each und
     python benchmarks/train_step.py --modes none adaptive default naive --steps 9
     python benchmarks/train_step.py --modes none adaptive adaptive-cached default default-cached --steps 9
     python benchmarks/train_step.py --model runs/safe-reference/reference/model --unaligned smollm2-135m-instruct \
-        --modes none constrained star-dss asft --steps 9
+        --modes none constrained star-dss star-dss-critic asft lisa --steps 9
     python benchmarks/train_step.py --device cuda --modes none default   # on a GPU, bf16
 """
 
@@ -59,6 +62,8 @@ def make_batch(tokenizer, data_dir, batch_size, max_length):
 BASELINE_MODES = {  # baselines that change the step, with their official settings
     "constrained": {"regularizer": "none", "constrained_sft": True},
     "star-dss": {"regularizer": "none", "star_dss": True, "star_dss_guardrail": "label"},
+    "star-dss-critic": {"regularizer": "none", "star_dss": True, "star_dss_guardrail": "critic", "critic": "refusal"},
+    "lisa": {"regularizer": "none", "lisa_data": "the timed batch"},  # the anchor is set below
     "asft": {"regularizer": "none"},  # asft_unaligned from --unaligned
 }
 
@@ -92,8 +97,11 @@ def tether_step_fn(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=ModelArgs().lora_config(),
+        **({"alignment_dataset": dataset} if mode == "lisa" else {}),
     )
     trainer.model.train()
+    if mode == "lisa":  # a fine-tuning phase: the proximal term to the weights at its start
+        trainer._lisa_anchor = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=1e-4)
     batch = {key: value.to(trainer.model.device) for key, value in batch.items()}
     canary, state = None, SimpleNamespace(global_step=0)

@@ -70,6 +70,43 @@ def test_response_loss_matches_autograd(direction, chunk_size, softcap, with_ref
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_size", [0, 3])
+def test_a_weight_function_sees_the_targets_log_probabilities_and_weighs_the_nll(chunk_size):
+    """α as a function of the targets' log-probabilities (constrained SFT, STAR-DSS) with β None: it is called once per
+    chunk with that chunk's rows, log π_θ(y_t) and log π_ref(y_t), there is no KL term, and the loss and gradients are
+    those of the NLL weighted by what it returned."""
+    torch.manual_seed(0)
+    hidden = torch.randn(10, 8, requires_grad=True)
+    weight = torch.randn(50, 8)
+    ref_hidden = torch.randn(10, 8)
+    targets = torch.randint(0, 50, (10,))
+    policy = torch.log_softmax(hidden.detach() @ weight.T, -1).gather(1, targets[:, None]).squeeze(1)
+    ref = torch.log_softmax(ref_hidden @ weight.T, -1).gather(1, targets[:, None]).squeeze(1)
+    calls = []
+
+    def weigh(rows, logp_target, ref_logp_target):
+        calls.append(rows)
+        torch.testing.assert_close(logp_target, policy[rows])
+        torch.testing.assert_close(ref_logp_target, ref[rows])
+        return torch.sigmoid(logp_target - ref_logp_target)
+
+    loss, nll, kl = ResponseLoss.apply(
+        hidden, weight, None, targets, weigh, None, ref_hidden, weight, None, "forward", chunk_size
+    )
+    loss.backward()
+    assert [(rows.start, min(rows.stop, 10)) for rows in calls] == (
+        [(0, 3), (3, 6), (6, 9), (9, 10)] if chunk_size == 3 else [(0, 10)]
+    )
+    assert kl.abs().max().item() == 0.0
+    got = (loss.detach(), hidden.grad.clone())
+    hidden.grad = None
+    expected_loss, _, _ = reference_loss(
+        hidden, weight, targets, torch.sigmoid(policy - ref), torch.zeros(10), None, None, "forward"
+    )
+    expected_loss.backward()
+    torch.testing.assert_close(got, (expected_loss.detach(), hidden.grad), rtol=1e-4, atol=1e-5)
+
+
 def test_identical_reference_gives_zero_kl_and_no_kl_gradient():
     """π_θ = π_ref: KL is exactly 0 and, at its minimum, contributes no gradient (α = 0 isolates it)."""
     torch.manual_seed(0)

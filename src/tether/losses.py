@@ -40,26 +40,6 @@ def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, direction: str = "forwa
     raise ValueError(f"kl_direction must be 'forward' or 'reverse', got {direction!r}")
 
 
-@torch.no_grad()
-def target_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    chunk_size: int = 0,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """log p(target) of each position through a linear LM head, chunked, without gradient. hidden (N, d), weight
-    (V, d), targets (N,) -> (N,) float32."""
-    chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
-    out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        rows = slice(start, start + chunk_size)
-        logp, _ = head_log_softmax(hidden[rows], weight, bias, softcap)  # (n, V)
-        out[rows] = logp.gather(1, targets[rows, None]).squeeze(1)
-    return out
-
-
 def response_depth(rows: torch.Tensor) -> torch.Tensor:
     """The index of each response position within its example's response. rows (N,) example index of each position,
     sorted (as `nonzero` returns them) -> (N,): 0 at each example's first response token, 1 at its second, ..."""
@@ -87,7 +67,7 @@ def auto_chunk_size(vocab_size: int) -> int:
 class ResponseLoss(torch.autograd.Function):
     """Σ_t [α_t·nll_t + β_t·kl_t] from hidden states through a linear LM head, with per-token NLL and KL for logging.
 
-    forward(hidden (N, d), weight (V, d), bias (V,) or None, targets (N,), alpha (N,), beta (N,),
+    forward(hidden (N, d), weight (V, d), bias (V,) or None, targets (N,), alpha (N,) or a function, beta (N,) or None,
             ref_hidden (N, d) or None, ref_weight (V, d) or None, ref_bias, kl_direction, chunk_size, softcap)
         -> loss (), nll (N,), kl (N,)   (nll and kl are float32 and carry no gradient)
 
@@ -96,6 +76,11 @@ class ResponseLoss(torch.autograd.Function):
         forward KL:   p − p_ref
         reverse KL:   p ⊙ (log p − log p_ref − KL)
     `softcap` c applies z = c·tanh(z₀/c) (Gemma 2) and its derivative 1 − tanh². With no reference, kl is 0.
+
+    A baseline whose NLL weight depends on the targets' log-probabilities (constrained SFT, STAR-DSS) passes `alpha`
+    as a function `alpha(rows, logp_target (n,), ref_logp_target (n,) or None) -> (n,)`, called on each chunk's
+    `rows` slice with the values this pass computes anyway (no gradient), and `beta` None: no KL term, the reference
+    read for its targets' log-probabilities only. One head product per model and chunk, as for the KL.
     """
 
     @staticmethod
@@ -122,16 +107,26 @@ class ResponseLoss(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         nll = hidden.new_empty(n, dtype=torch.float32)
         kl = hidden.new_zeros(n, dtype=torch.float32)
+        weigh = alpha if callable(alpha) else None
+        if weigh is not None:
+            alpha = hidden.new_empty(n, dtype=torch.float32)  # filled chunk by chunk
         for start in range(0, n, chunk_size):
             rows = slice(start, start + chunk_size)
-            a, b, t = alpha[rows].float()[:, None], beta[rows].float()[:, None], targets[rows]
+            t = targets[rows]
             logp, tanh = head_log_softmax(hidden[rows], weight, bias, softcap)  # (n, V) each
             probs = logp.exp()  # (n, V)
             nll[rows] = -logp.gather(1, t[:, None]).squeeze(1)
-            if ref_hidden is None:
+            ref_logp = None
+            if ref_hidden is not None:
+                ref_logp, _ = head_log_softmax(ref_hidden[rows], ref_weight, ref_bias, softcap)  # (n, V)
+            if weigh is not None:
+                ref_target = None if ref_logp is None else ref_logp.gather(1, t[:, None]).squeeze(1)  # (n,)
+                alpha[rows] = weigh(rows, -nll[rows], ref_target)
+            a = alpha[rows].float()[:, None]
+            if ref_logp is None or beta is None:
                 grad_logits = probs.mul_(a)  # α (p − onehot), the onehot below
             else:
-                ref_logp, _ = head_log_softmax(ref_hidden[rows], ref_weight, ref_bias, softcap)  # (n, V)
+                b = beta[rows].float()[:, None]
                 if kl_direction == "forward":
                     ref_probs = ref_logp.exp()  # (n, V)
                     kl[rows] = _rowdot(ref_probs, ref_logp) - _rowdot(ref_probs, logp)
@@ -151,7 +146,7 @@ class ResponseLoss(torch.autograd.Function):
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(nll, kl)
-        loss = (alpha.float() * nll).sum() + (beta.float() * kl).sum()
+        loss = (alpha.float() * nll).sum() + (0.0 if beta is None else (beta.float() * kl).sum())
         return loss, nll, kl
 
     @staticmethod

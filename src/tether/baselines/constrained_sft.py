@@ -24,7 +24,6 @@ import torch
 from tether.errors import TetherInputError
 from tether.losses import response_depth
 from tether.trainer import TetherConfig, TetherTrainer
-from tether.trainer.tether_trainer import target_logprobs_both
 
 
 @dataclass
@@ -100,23 +99,29 @@ class ConstrainedSFTTrainer(TetherTrainer):
     def uses_reference(cls, args) -> bool:
         return True  # π_ref(y_t) of every target token
 
-    def token_weights(self, hidden, head, positions, reference, alpha, beta):
+    def token_weights(self, positions, reference, alpha, beta):
+        """w_t of each response token from the log-probabilities of its target that the fused pass computes."""
         args = self.args
-        policy, ref = target_logprobs_both(hidden, head, positions, reference, args.logits_chunk_size)  # (N,) each
         depth = response_depth(positions.rows)  # (N,)
-        weights = constrained_weights(
-            policy - ref,
-            depth,
-            args.constrained_sft_beta,
-            args.constrained_sft_prefix_tokens,
-            args.constrained_sft_prefix_factor,
-            args.constrained_sft_first_token_factor,
-            args.constrained_sft_prefix_bias,
-        )
-        prefix = depth < args.constrained_sft_prefix_tokens
-        metrics = self._metrics["train" if self.model.training else "eval"]
-        if prefix.any():
-            metrics["constrained/weight_prefix_mean"].append(weights[prefix].mean().item())
-        if (~prefix).any():
-            metrics["constrained/weight_rest_mean"].append(weights[~prefix].mean().item())
-        return weights, torch.zeros_like(weights)  # no KL term
+        prefix = depth < args.constrained_sft_prefix_tokens  # (N,)
+        weights = torch.empty(depth.shape, dtype=torch.float32, device=depth.device)  # (N,), for the metrics
+
+        def weigh(rows: slice, policy: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+            weights[rows] = constrained_weights(
+                policy - ref,
+                depth[rows],
+                args.constrained_sft_beta,
+                args.constrained_sft_prefix_tokens,
+                args.constrained_sft_prefix_factor,
+                args.constrained_sft_first_token_factor,
+                args.constrained_sft_prefix_bias,
+            )
+            if rows.stop >= len(depth):  # the last chunk: every weight is known
+                metrics = self._metrics["train" if self.model.training else "eval"]
+                if prefix.any():
+                    metrics["constrained/weight_prefix_mean"].append(weights[prefix].mean().item())
+                if (~prefix).any():
+                    metrics["constrained/weight_rest_mean"].append(weights[~prefix].mean().item())
+            return weights[rows]
+
+        return weigh, None  # no KL term

@@ -33,7 +33,6 @@ import torch
 
 from tether.errors import TetherInputError
 from tether.trainer import TetherConfig, TetherTrainer
-from tether.trainer.tether_trainer import target_logprobs_both
 
 GUARDRAILS = ("judge", "label", "critic")
 CRITIC_GUARDRAILS = ("refusal", "probe")  # the critics that read the reference pass
@@ -183,13 +182,19 @@ class StarDssTrainer(TetherTrainer):
         risk = inputs["token_risk"][:, 1:]  # (B, T-1): the risk of the token each position predicts
         return (1 - risk).clamp(0, 1)
 
-    def token_weights(self, hidden, head, positions, reference, alpha, beta):
+    def token_weights(self, positions, reference, alpha, beta):
+        """w_t of each response token from the log-probabilities of its target that the fused pass computes."""
         args = self.args
-        policy, ref = target_logprobs_both(hidden, head, positions, reference, args.logits_chunk_size)  # (N,) each
-        safety = self.token_safety[positions.rows, positions.cols].to(policy)  # (N,)
-        delta = policy - ref  # (N,)
-        metrics = self._metrics["train" if self.model.training else "eval"]
-        metrics["star/safety_mean"].append(safety.mean().item())
-        metrics["star/k2"].append((args.star_dss_kl_scale * (1 - safety) * delta.square() / 2).mean().item())
-        weights = star_weights(safety, delta, args.star_dss_kl_scale)
-        return weights, torch.zeros_like(weights)  # no tether KL
+        safety = self.token_safety[positions.rows, positions.cols].float()  # (N,)
+        k2 = torch.empty_like(safety)  # (N,), for the metrics
+
+        def weigh(rows: slice, policy: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+            delta = policy - ref  # (n,)
+            k2[rows] = args.star_dss_kl_scale * (1 - safety[rows]) * delta.square() / 2
+            if rows.stop >= len(safety):  # the last chunk
+                metrics = self._metrics["train" if self.model.training else "eval"]
+                metrics["star/safety_mean"].append(safety.mean().item())
+                metrics["star/k2"].append(k2.mean().item())
+            return star_weights(safety[rows], delta, args.star_dss_kl_scale)
+
+        return weigh, None  # no tether KL

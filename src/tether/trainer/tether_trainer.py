@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tether.critics.base import ReadsReference, ReferenceReads, UsesTokenizer
 from tether.critics.probe import capture_layer_states
 from tether.data.chat import IGNORE_INDEX, TetherCollator
 from tether.errors import TetherInputError
-from tether.losses import ResponseLoss, head_log_softmax, prefix_kl_weights, response_depth, target_logprobs
+from tether.losses import ResponseLoss, head_log_softmax, prefix_kl_weights, response_depth
 from tether.modeling import AdapterDisabledReference, FrozenCopyReference, capture_head_inputs
 from tether.run_files import write_text_atomic
 from tether.sharding import check_engine
@@ -289,7 +290,7 @@ class TetherTrainer(SFTTrainer):
     def head_loss(self, hidden, head, positions, reference, alpha, beta, softcap):
         """Σ_t [α·nll_t + β·kl_t] of the policy's LM-head inputs `hidden` (N, d), run by `capture_head_inputs` inside
         the forward of `head`: (loss sum, nll (N,), kl (N,)). Under LoRA `reference.head` is `head` itself."""
-        alpha_tokens, beta_tokens = self.token_weights(hidden, head, positions, reference, alpha, beta)
+        alpha_tokens, beta_tokens = self.token_weights(positions, reference, alpha, beta)
         return ResponseLoss.apply(
             hidden,  # (N, d)
             head.weight,
@@ -305,10 +306,11 @@ class TetherTrainer(SFTTrainer):
             softcap,
         )
 
-    def token_weights(self, hidden, head, positions, reference, alpha, beta) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_weights(self, positions, reference, alpha, beta) -> tuple[torch.Tensor | Callable, torch.Tensor | None]:
         """The NLL and KL weight of each response position (N,), (N,): α of its example, and `kl_weights`. A baseline
-        with per-token weights of its own overrides this (it may read the policy's LM-head inputs `hidden` (N, d) and
-        the heads' weights: it runs inside the head's forward, in `head_loss`)."""
+        whose NLL weight depends on the targets' log-probabilities returns a function of them in place of the NLL
+        weights and None in place of the KL weights (`ResponseLoss`: the fused pass hands it the log-probabilities it
+        computes anyway, chunk by chunk)."""
         return alpha[positions.rows], self.kl_weights(beta, positions.rows)
 
     def kl_weights(self, beta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -433,17 +435,6 @@ def first_token_logprobs(
     out = logp.new_full((batch_size, logp.shape[-1]), -torch.inf)  # (B, V)
     out[positions.rows[first]] = logp
     return out
-
-
-def target_logprobs_both(hidden, head, positions: ResponsePositions, reference: ReferenceOutputs, chunk_size: int):
-    """log π_θ(y_t) and log π_ref(y_t) of every response target, (N,) each, without gradient: the policy's from its
-    LM-head inputs `hidden` (N, d) through `head`, the reference's from its pass; run inside the head's forward."""
-    targets = positions.targets[positions.rows, positions.cols]  # (N,)
-    policy = target_logprobs(hidden.detach(), head.weight, head.bias, targets, chunk_size, reference.softcap)
-    ref = target_logprobs(
-        reference.hidden, reference.head.weight, reference.head.bias, targets, chunk_size, reference.softcap
-    )
-    return policy, ref
 
 
 def linear_head(model) -> torch.nn.Linear:
