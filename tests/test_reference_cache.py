@@ -93,6 +93,19 @@ def test_a_changed_example_is_a_miss(tokenizer, rows, tmp_path):
     assert example_keys(padded)[:2] == keys
 
 
+def test_an_entry_of_the_wrong_length_stops_the_step_with_the_folder_to_delete(tokenizer, rows, tmp_path):
+    """A cached entry with fewer positions than its example's response (a damaged or colliding entry) is never used:
+    the step stops and names the cache folder."""
+    trainer = make_trainer(build_tiny_model(len(tokenizer)), tokenizer, rows, make_config(tmp_path, critic="label"))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    trainer.compute_loss(trainer.model, batch)
+    key = example_keys(batch)[0]
+    entry = trainer.reference_cache.pending[key]
+    trainer.reference_cache.pending[key] = CachedExample(entry.hidden[1:], entry.score)
+    with pytest.raises(RuntimeError, match=f"reference cache {trainer.reference_cache.folder}: .*delete the folder"):
+        trainer.compute_loss(trainer.model, batch)
+
+
 def test_the_fingerprint_follows_the_reference_tokenizer_and_critic(tokenizer):
     """Another base weight, tokenizer or reading critic is another folder; the adapter's own weights are not part of
     the reference (it runs with the adapter disabled), and a LoRA-wrapped model shares the plain model's folder."""

@@ -230,18 +230,24 @@ class TetherTrainer(SFTTrainer):
 
     def cached_reference(self, keys: list[str], positions: ResponsePositions) -> ReferenceOutputs | None:
         """The reference's outputs for a batch whose every example is cached (on every process: under FSDP the
-        reference forward gathers weights, so all processes run it or none), else None."""
+        reference forward gathers weights, so all processes run it or none), else None. An entry whose position
+        count differs from its example's stops every process, not one while the others wait at a collective."""
+        device = positions.rows.device
         hit = all(key in self.reference_cache for key in keys)
+        entries = [self.reference_cache.get(key) for key in keys] if hit else []
+        cached_rows = sum(entry.hidden.shape[0] for entry in entries)
+        damaged = hit and cached_rows != positions.rows.numel()
         if self.accelerator.num_processes > 1:
-            flag = torch.tensor([float(hit)], device=positions.rows.device)
-            hit = bool(self.accelerator.gather(flag).min().item())
+            flags = self.accelerator.gather(torch.tensor([[float(hit), float(damaged)]], device=device))  # (P, 2)
+            hit, damaged = bool(flags[:, 0].min().item()), bool(flags[:, 1].max().item())
+        if damaged:
+            raise RuntimeError(
+                f"reference cache {self.reference_cache.folder}: a cached entry's position count differs from its "
+                "example's (on this process or another); delete the folder to rebuild it"
+            )
         if not hit:
             return None
-        entries = [self.reference_cache.get(key) for key in keys]
-        device = positions.rows.device
         hidden = torch.cat([entry.hidden for entry in entries]).to(device)  # (N, d): rows in order, as `nonzero`
-        if hidden.shape[0] != positions.rows.numel():
-            raise RuntimeError(f"reference cache: {hidden.shape[0]} cached positions for {positions.rows.numel()}")
         scores = None
         if self.critic_reads_reference:
             scores = torch.tensor([entry.score for entry in entries], dtype=torch.float32, device=device)  # (B,)
