@@ -5,6 +5,7 @@ import torch
 
 from tests.conftest import make_config, make_trainer, target_logprobs_of
 from tests.fake_openai import FakeOpenAIServer
+from tether.baselines import settings_use_critic
 from tether.baselines.star_dss import StarDssTrainer, partial_responses, star_weights
 from tether.critics.refusal import refusal_scores
 from tether.data.chat import TetherCollator, tokenize_rows
@@ -154,3 +155,18 @@ def test_trains_with_the_label_guardrail(tiny_model, tokenizer, rows, tmp_path):
     trainer = make_trainer(tiny_model, tokenizer, rows, config)
     trainer.train()
     assert [log for log in trainer.state.log_history if "star/k2" in log]
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({}, True),  # tether's default: adaptive, the refusal critic
+        ({"regularizer": "fixed"}, False),
+        ({"regularizer": "none", "star_dss": True, "star_dss_guardrail": "critic", "critic": "probe"}, True),
+        ({"regularizer": "none", "star_dss": True, "star_dss_guardrail": "label"}, False),
+    ],
+)
+def test_settings_alone_say_whether_a_run_scores_with_the_critic(settings, expected):
+    """Asked before the probe a config would check exists (no probe_path here): the trainer the settings pick
+    answers, STAR-DSS's critic guardrail included."""
+    assert settings_use_critic(settings) is expected

@@ -70,3 +70,19 @@ def trainer_class_for(config) -> type:
         if isinstance(config, trainer.config_class) and trainer.enabled(config):
             return trainer
     return TetherTrainer
+
+
+def settings_use_critic(settings: dict) -> bool:
+    """Whether `tether train` with these settings scores its examples with the critic (`uses_critic` of the trainer
+    they pick), asked of the settings alone: a caller may ask before what the config would check exists (the bench
+    asks before fitting the probe that `critic: probe` reads)."""
+    cls = train_config_class()
+    view = object.__new__(cls)  # the fields' values, unvalidated: enough for `enabled` and `uses_critic`
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            setattr(view, f.name, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            setattr(view, f.name, f.default_factory())
+    for name, value in settings.items():
+        setattr(view, name, value)
+    return trainer_class_for(view).uses_critic(view)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from tether.baselines import settings_use_critic
 from tether.baselines.antidote import antidote_to_dir
 from tether.baselines.safe_lora import safe_lora_to_dir
 from tether.bench.config import BenchConfig, Method, Scenario, reference_utility_key, slug
@@ -162,9 +163,7 @@ class Bench:
     # ---- stage 2: the probe, fit when a run's critic is the probe
     def uses_probe(self, scenario: Scenario, method: Method) -> bool:
         settings = {**self.config.train, **scenario.train, **method.train}
-        adaptive = settings.get("regularizer", TetherConfig.regularizer) == "adaptive"
-        star_critic = settings.get("star_dss") and settings.get("star_dss_guardrail") == "critic"
-        return (adaptive or bool(star_critic)) and settings.get("critic", TetherConfig.critic) == "probe"
+        return settings_use_critic(settings) and settings.get("critic", TetherConfig.critic) == "probe"
 
     def fit_probe(self) -> None:
         spec = self.config.probe
