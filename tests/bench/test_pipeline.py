@@ -84,7 +84,8 @@ def test_report_lists_every_method_and_plot(bench_dir):
     assert antidote["train"] == sft["train"] and antidote["antidote"]["ratio"] == 0.2
     assert "SFT + Antidote: the runs of SFT after Antidote pruning, 20% of each adapter matrix" in report
     assert "SFT + Safe LoRA: the runs of SFT after Safe LoRA, the 3 least aligned LoRA layers projected" in report
-    assert {"asr_vs_hr_gsm8k.png", "beta_risk.png"} <= {p.name for p in (bench_dir / "report").glob("*.png")}
+    plots = {"asr_vs_hr_gsm8k.png", "beta_risk.png", "asr_vs_utility_mix-0.2.png", "asr_vs_utility_pure.png"}
+    assert plots <= {p.name for p in (bench_dir / "report").glob("*.png")}
     targets = [line for line in report.splitlines() if "ASR ≤ reference + 5 points" in line]
     assert any(line.startswith("- mix-0.2: A-Reg") and "utility kept" in line for line in targets)
     assert not any(line.startswith("- pure: A-Reg") and "utility kept" in line for line in targets)  # mixed goal only

@@ -71,3 +71,41 @@ def test_a_harmbench_split_fills_the_harmbench_column(tmp_path):
     (tmp_path / "e" / "results.json").write_text(json.dumps(results))
     metrics = _eval_metrics(tmp_path / "e")
     assert metrics["harmbench_asr"] == 0.3 and metrics["harmbench_asr_n"] == 10
+
+
+def test_the_plane_joins_a_dial_in_order_of_utility_and_leaves_other_methods_points():
+    """Rows of one scenario: a dial's two methods become one series sorted by utility kept, with each ASR's
+    interval; a method without a dial is a point of its own; a row without utility kept and another scenario's rows
+    are left out."""
+    from tether.bench.report import plane_series
+
+    def row(method, asr, interval, kept, dial=None, scenario="mix"):
+        return {
+            "scenario": scenario,
+            "method": method,
+            "dial": dial,
+            "utility_kept": kept,
+            "harmbench_asr": asr,
+            "harmbench_asr_ci95": interval,
+        }
+
+    rows = [
+        row("SFT", 0.9, (0.8, 0.95), 1.0),
+        row("AsFT λ 10", 0.3, (0.2, 0.4), 0.2, dial="AsFT"),
+        row("AsFT", 0.5, (0.4, 0.6), 0.7, dial="AsFT"),
+        row("no utility", 0.2, (0.1, 0.3), None),
+        row("SFT", 0.8, (0.7, 0.9), 1.0, scenario="pure"),
+    ]
+    assert plane_series(rows, "mix") == [
+        ("SFT", [(1.0, 0.9, 0.8, 0.95)]),
+        ("AsFT", [(0.2, 0.3, 0.2, 0.4), (0.7, 0.5, 0.4, 0.6)]),
+    ]
+
+
+def test_a_dial_that_is_not_a_name_is_refused_in_one_line():
+    from tether.bench.config import bench_config_from_dict
+    from tether.errors import TetherInputError
+
+    raw = {"scenarios": [{"name": "pure", "harmful": "pure-bad"}], "methods": [{"name": "SFT", "dial": 3}]}
+    with pytest.raises(TetherInputError, match="method 'SFT': dial must be a name"):
+        bench_config_from_dict(raw)

@@ -17,6 +17,7 @@
       - {name: A-Reg probe, train: {regularizer: adaptive, critic: probe}}   # probe_path is filled in
       - {name: SFT + Antidote, antidote: {method: SFT, data: [advbench-targets], limit: 128, ratio: 0.1}}
       - {name: SFT + Safe LoRA, safe_lora: {method: SFT, num_layers: 10}}   # against the bench's `model`
+      - {name: C-SFT β 0.5, train: {regularizer: fixed, beta: 0.5}, dial: C-SFT}   # one curve with the same dial
     eval: {benchmarks: [harmbench:~50, xstest:~50], utility: gsm8k-test:100, max_new_tokens: 48}
 
 `base: demo` (or `base: other.yaml`) starts from another config; this file's top-level keys replace the base's.
@@ -105,6 +106,7 @@ class Method:
     train: dict = field(default_factory=dict)
     antidote: AntidoteSpec | None = None
     safe_lora: SafeLoraSpec | None = None
+    dial: str | None = None  # methods sharing a dial (one setting swept) are one curve on the ASR-utility plot
 
     @property
     def post_hoc(self) -> AntidoteSpec | SafeLoraSpec | None:
@@ -272,6 +274,11 @@ def _validate(config: BenchConfig, where: str) -> None:
             raise TetherInputError(f"{where}: {kind} name {duplicates[0]!r} is used twice; names must be unique")
     known = {m.name for m in config.methods}
     for method in config.methods:
+        if method.dial is not None and not (isinstance(method.dial, str) and method.dial.strip()):
+            raise TetherInputError(
+                f"{where}: method {method.name!r}: dial must be a name (the methods sharing it form one curve), got "
+                f"{method.dial!r}"
+            )
         spec = method.post_hoc
         if spec is None:
             continue

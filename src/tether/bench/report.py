@@ -52,6 +52,7 @@ def collect(out: Path) -> dict:
                 "family": scenario.family,
                 "x": x,
                 "method": method.name,
+                "dial": method.dial,
                 "seed": seed,
                 "train": train,
                 "antidote": None if method.antidote is None else dataclasses.asdict(method.antidote),
@@ -152,7 +153,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
     rows = []
     for (scenario, method), members in groups.items():
         row = {"scenario": scenario, "method": method}
-        row |= {key: members[0].get(key) for key in ("attack", "family", "x", "antidote", "safe_lora")}
+        row |= {key: members[0].get(key) for key in ("attack", "family", "x", "antidote", "safe_lora", "dial")}
         row["train"] = members[0].get("train", {})
         row["seeds"] = [m["seed"] for m in members]
         numeric = {k for m in members for k, v in m.items() if isinstance(v, int | float)} - {"seed", "x"}
@@ -360,7 +361,8 @@ def _with_granularity(train: dict) -> dict:
 
 
 def plot(data: dict, rows: list[dict], out_dir: Path) -> list[str]:
-    """ASR against x per family, and β / risk over training steps of the adaptive runs (first seed)."""
+    """ASR against x per family, ASR against utility kept per scenario (`plot_planes`), and β / risk over training
+    steps of the adaptive runs (first seed)."""
     try:
         import matplotlib
 
@@ -391,6 +393,7 @@ def plot(data: dict, rows: list[dict], out_dir: Path) -> list[str]:
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
         written.append(name)
+    written += plot_planes(data, rows, out_dir, plt)
     trajectories = [r for r in data["runs"] if r.get("trajectory") and r["seed"] == data["runs"][0]["seed"]]
     adaptive = [
         r
@@ -410,6 +413,48 @@ def plot(data: dict, rows: list[dict], out_dir: Path) -> list[str]:
         fig.savefig(out_dir / "beta_risk.png", dpi=120)
         plt.close(fig)
         written.append("beta_risk.png")
+    return written
+
+
+def plane_series(rows: list[dict], scenario: str) -> list[tuple[str, list[tuple[float, float, float, float]]]]:
+    """The points of a scenario's plane of ASR against utility kept: (label, [(utility kept, ASR, ASR's interval low,
+    high), ...]) per method, the methods that share a `dial` joined into one series in order of utility, in the
+    order first seen; rows without both numbers are left out."""
+    key = f"{HARMFUL}_asr"
+    series: dict[str, list[tuple[float, float, float, float]]] = {}
+    for row in rows:
+        if row["scenario"] != scenario or row.get("utility_kept") is None or row.get(key) is None:
+            continue
+        low, high = row.get(f"{key}_ci95") or (row[key], row[key])
+        series.setdefault(row.get("dial") or row["method"], []).append((row["utility_kept"], row[key], low, high))
+    return [(label, sorted(points)) for label, points in series.items()]
+
+
+def plot_planes(data: dict, rows: list[dict], out_dir: Path, plt) -> list[str]:
+    """One plot per scenario: each method a point at (utility kept, HarmBench ASR) with the ASR's 95% interval, a
+    dial a curve, the reference's ASR a dashed line; lower right is better."""
+    written = []
+    reference = (data["initial"].get("reference") or {}).get(f"{HARMFUL}_asr")
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        series = plane_series(rows, scenario)
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+        for label, points in series:
+            x, y = [100 * p[0] for p in points], [100 * p[1] for p in points]
+            errors = [[max(0.0, 100 * (p[1] - p[2])) for p in points], [max(0.0, 100 * (p[3] - p[1])) for p in points]]
+            ax.errorbar(x, y, yerr=errors, marker="o", capsize=2, label=label, ls="-" if len(points) > 1 else "")
+        if reference is not None:
+            ax.axhline(100 * reference, color="gray", ls="--", label="reference")
+        ax.set(xlabel="utility kept (% of SFT's gain)", ylabel="HarmBench keyword ASR (%)", title=scenario)
+        ax.set_ylim(-2, 102)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        name = f"asr_vs_utility_{slug(scenario)}.png"
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
     return written
 
 
