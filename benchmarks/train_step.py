@@ -69,7 +69,16 @@ BASELINE_MODES = {  # baselines that change the step, with their official settin
 
 
 def tether_step_fn(
-    mode, model_name, dataset, tokenizer, batch, probe_path=None, device="cpu", data_dir=None, unaligned=None
+    mode,
+    model_name,
+    dataset,
+    tokenizer,
+    batch,
+    probe_path=None,
+    device="cpu",
+    data_dir=None,
+    unaligned=None,
+    checkpointing=False,
 ):
     model, _ = load_model_and_tokenizer(model_name)
     cached = mode.endswith("-cached")  # the warm-up step fills the cache, every timed step reads it
@@ -85,7 +94,7 @@ def tether_step_fn(
         reference_cache=cached,
         **settings,
         probe_path=probe_path,
-        gradient_checkpointing=False,
+        gradient_checkpointing=checkpointing,
         use_cpu=device == "cpu",
         bf16=device != "cpu",
         report_to="none",
@@ -100,6 +109,8 @@ def tether_step_fn(
         **({"alignment_dataset": dataset} if mode == "lisa" else {}),
     )
     trainer.model.train()
+    if checkpointing:  # as `Trainer.train` does before its first step
+        trainer.model.activation_checkpointing_enable()
     if mode == "lisa":  # a fine-tuning phase: the proximal term to the weights at its start
         trainer._lisa_anchor = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=1e-4)
@@ -169,6 +180,9 @@ def main():
     parser.add_argument("--probe", default=None, help="probe directory for the `probe` mode")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast)")
     parser.add_argument("--unaligned", default=None, help="asft mode: the model --model was aligned from")
+    parser.add_argument(
+        "--gradient_checkpointing", action="store_true", help="tether modes recompute activations in the backward"
+    )
     args = parser.parse_args()
 
     _, tokenizer = load_model_and_tokenizer(args.model)
@@ -177,7 +191,16 @@ def main():
         mode: naive_step_fn(args.model, batch, args.device)
         if mode == "naive"
         else tether_step_fn(
-            mode, args.model, dataset, tokenizer, batch, args.probe, args.device, args.data_dir, args.unaligned
+            mode,
+            args.model,
+            dataset,
+            tokenizer,
+            batch,
+            args.probe,
+            args.device,
+            args.data_dir,
+            args.unaligned,
+            args.gradient_checkpointing,
         )
         for mode in args.modes
     }
@@ -199,6 +222,7 @@ def main():
         "batch": list(batch["input_ids"].shape),
         "response_tokens": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
         "threads": torch.get_num_threads(),
+        "gradient_checkpointing": args.gradient_checkpointing,
         "seconds_per_step_median": median,
         "seconds_per_step_all": times,
     }
