@@ -166,6 +166,10 @@ class ReferenceCache:
     def __len__(self) -> int:
         return len(self.index.keys() | self.pending.keys())
 
+    def positions(self, key: str) -> int:
+        """The number of response positions cached for `key`, read from the index (no tensor is loaded)."""
+        return self.pending[key].hidden.shape[0] if key in self.pending else self.index[key][2]
+
     def get(self, key: str) -> CachedExample:
         if key in self.pending:
             return self.pending[key]

@@ -234,9 +234,7 @@ class TetherTrainer(SFTTrainer):
         count differs from its example's stops every process, not one while the others wait at a collective."""
         device = positions.rows.device
         hit = all(key in self.reference_cache for key in keys)
-        entries = [self.reference_cache.get(key) for key in keys] if hit else []
-        cached_rows = sum(entry.hidden.shape[0] for entry in entries)
-        damaged = hit and cached_rows != positions.rows.numel()
+        damaged = hit and sum(map(self.reference_cache.positions, keys)) != positions.rows.numel()
         if self.accelerator.num_processes > 1:
             flags = self.accelerator.gather(torch.tensor([[float(hit), float(damaged)]], device=device))  # (P, 2)
             hit, damaged = bool(flags[:, 0].min().item()), bool(flags[:, 1].max().item())
@@ -247,6 +245,7 @@ class TetherTrainer(SFTTrainer):
             )
         if not hit:
             return None
+        entries = [self.reference_cache.get(key) for key in keys]  # loaded once every process has them all
         hidden = torch.cat([entry.hidden for entry in entries]).to(device)  # (N, d): rows in order, as `nonzero`
         scores = None
         if self.critic_reads_reference:
