@@ -46,14 +46,36 @@ SMALL_BENCH = {  # the bench of --small: the tiny in-process model, two optimize
 }
 
 
-def run(command: list[str], log: Path, env: dict | None = None) -> float:
-    """Run `command` (its output to `log`); the seconds it took. A failure stops the check with the log's tail."""
+ASR_TABLE_KEYS = (
+    "scenario",
+    "method",
+    "harmbench_asr",
+    "xstest_over_refusal",
+    "alpaca-eval_refusal",
+    "harmbench_asr_ci95",
+    "seconds_per_step",
+    "utility_kept",
+)
+FAILURES: dict[str, str] = {}  # stage -> the end of its log: a failed stage is reported, the next ones still run
+
+
+def run(stage: str, command: list[str], log: Path, env: dict | None = None) -> float | None:
+    """Run `command` (its output to `log`); the seconds it took, or None when it failed (its log's tail is kept in
+    FAILURES and printed, and the check goes on: one short machine loan should bring back every stage that works)."""
     start = time.perf_counter()
     with log.open("w") as f:
         done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
     if done.returncode:
-        sys.exit(f"{' '.join(command[:4])} ... failed; the end of {log}:\n{log.read_text()[-3000:]}")
+        FAILURES[stage] = log.read_text()[-3000:]
+        print(f"{stage}: {' '.join(command[:4])} ... failed; the end of {log}:\n{FAILURES[stage]}", flush=True)
+        return None
+    print(f"{stage}: {time.perf_counter() - start:.0f} s", flush=True)
     return time.perf_counter() - start
+
+
+def save(out: Path, summary: dict) -> None:
+    """Write what is known so far: a check cut short by its machine's time limit still leaves its finished stages."""
+    (out / "gpu_check.json").write_text(json.dumps({**summary, "failed": FAILURES}, indent=2))
 
 
 def machine() -> dict:
@@ -81,23 +103,21 @@ def main() -> None:
     data = ["--data_dir", args.data_dir] if args.data_dir else []
     print(json.dumps(summary["machine"]), flush=True)
 
-    # 2. step time, modes interleaved in one process, then each mode's peak memory alone
+    # 2. step time, modes interleaved in one process
     device = ["--device", "cpu" if args.small else "cuda"]
     model = ["--model", "tiny-llama" if args.small else "smollm2-135m-instruct"]
     step = [python, "benchmarks/train_step.py", *model, *device, *data]
     modes = ["none", "adaptive", "adaptive-cached", "default", "default-cached", "naive"]
     summary["seconds"]["step_time"] = run(
+        "step_time",
         [*step, "--modes", *modes, "--steps", "3" if args.small else "9", "--out", str(out / "train_step.json")],
         out / "train_step.log",
     )
-    timing = json.loads((out / "train_step.json").read_text())
-    summary["step_ratio_to_sft"] = timing["ratio_to_none"]
-    summary["paired_step_ratio_to_sft"] = timing["paired_ratio_to_none"]
-    summary["peak_memory_mb"] = {}
-    for mode in modes:
-        result = out / f"memory_{mode}.json"
-        run([*step, "--modes", mode, "--steps", "1", "--out", str(result)], out / f"memory_{mode}.log")
-        summary["peak_memory_mb"][mode] = json.loads(result.read_text())["peak_memory_mb"]
+    if summary["seconds"]["step_time"] is not None:
+        timing = json.loads((out / "train_step.json").read_text())
+        summary["step_ratio_to_sft"] = timing["ratio_to_none"]
+        summary["paired_step_ratio_to_sft"] = timing["paired_ratio_to_none"]
+    save(out, summary)
 
     # 3. the demo's pure attack with SFT, C-SFT and tether's default, evaluated
     if args.small:
@@ -107,13 +127,22 @@ def main() -> None:
         config = ROOT / "configs" / "bench" / "gpu-check.yaml"
     bench = out / "bench"
     tether = [python, "-m", "tether.cli", "bench", "--config", str(config), "--out_dir", str(bench), *data]
-    summary["seconds"]["bench"] = run(tether, out / "bench.log")
-    results = json.loads((bench / "report" / "results.json").read_text())
-    summary["asr_table"] = [
-        {key: row.get(key) for key in ("scenario", "method", "harmbench_asr", "xstest_over_refusal", "utility_kept")}
-        for row in results["rows"]
-    ]
-    summary["reference"] = results["initial"].get("reference")
+    summary["seconds"]["bench"] = run("bench", tether, out / "bench.log")
+    if summary["seconds"]["bench"] is not None:
+        results = json.loads((bench / "report" / "results.json").read_text())
+        summary["asr_table"] = [{key: row.get(key) for key in ASR_TABLE_KEYS} for row in results["rows"]]
+        summary["reference"] = results["initial"].get("reference")
+        summary["bench_stage_times"] = json.loads((bench / "stage_times.json").read_text())
+    save(out, summary)
+
+    # 2b. each mode's peak memory, alone in its process (last: the least of what a short loan should bring back)
+    summary["peak_memory_mb"] = {}
+    for mode in modes:
+        result = out / f"memory_{mode}.json"
+        alone = [*step, "--modes", mode, "--steps", "1", "--out", str(result)]
+        if run(f"memory_{mode}", alone, out / f"memory_{mode}.log"):
+            summary["peak_memory_mb"][mode] = json.loads(result.read_text())["peak_memory_mb"]
+    save(out, summary)
 
     # 4. two processes under FSDP need two GPUs here; on CPU, tests/test_distributed.py covers them
     fsdp = ROOT / "configs" / "accelerate" / "fsdp.yaml"
@@ -121,12 +150,14 @@ def main() -> None:
         accelerate = str(Path(python).parent / "accelerate")
         launch = [accelerate, "launch", "--config_file", str(fsdp), "--num_processes", "2", "-m", "tether.cli"]
         train = ["train", "--config", "configs/tiny.yaml", "--output_dir", str(out / "fsdp"), "--max_steps", "1"]
-        summary["seconds"]["fsdp"] = run([*launch, *train], out / "fsdp.log")
+        summary["seconds"]["fsdp"] = run("fsdp", [*launch, *train], out / "fsdp.log")
     else:
         summary["fsdp"] = "not run: one GPU (FSDP on 2 CPU processes: tests/test_distributed.py)"
 
-    (out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
+    save(out, summary)
     print(json.dumps(summary, indent=2))
+    if FAILURES:
+        sys.exit(f"failed stages: {', '.join(FAILURES)} (their logs' ends are in {out / 'gpu_check.json'})")
 
 
 if __name__ == "__main__":

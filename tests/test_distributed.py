@@ -280,8 +280,13 @@ def sharded_head_loss(rank, port, expected):
         torch.testing.assert_close(loss.detach(), expected_loss)
         torch.testing.assert_close(model.lm_head.weight.grad.full_tensor(), expected_head)
         torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight.grad.full_tensor(), expected_up)
+        del model, loss  # FSDP's modules hold the process group: let it go before the group is torn down
+        dist.barrier()  # neither rank tears its group down while the other still reads from it
     finally:
         dist.destroy_process_group()
+    # An ordinary interpreter exit can run gloo's thread destructors after the group's own and abort the process
+    # ("terminate called without an active exception"): once every check passed, leave without that teardown.
+    os._exit(0)
 
 
 def free_port() -> int:

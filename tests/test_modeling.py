@@ -16,6 +16,18 @@ def test_local_directory_round_trip(tiny_model, tokenizer, tmp_path):
     assert tok.chat_template == tokenizer.chat_template
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("kernels") is None, reason="transformers uses Hub kernels only with `kernels`"
+)
+def test_models_load_without_hub_kernels(tiny_model, tokenizer, tmp_path):
+    """transformers 5 turns Hub kernels on by default when `kernels` is installed: on a GPU the first `train()` then
+    downloads layers from the Hub, which fails offline. tether loads every model with them off."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    model, _ = load_model_and_tokenizer(str(tmp_path / "m"))
+    assert model.use_kernels is False
+
+
 def test_directory_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TetherInputError, match="has no config.json"):

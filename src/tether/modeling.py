@@ -41,10 +41,20 @@ CHATML_TEMPLATE = (
 )
 
 
+def inference_device() -> torch.device:
+    """Where a model that is only read runs (evaluation, probe features): the GPU when there is one, as a user of a
+    GPU machine expects; training leaves placement to accelerate."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_model_and_tokenizer(
     name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer by short name, local directory, `.gguf` file or hub id."""
+    """Load a causal LM and its tokenizer by short name, local directory, `.gguf` file or hub id.
+
+    Without Hub kernels (`use_kernels=False`): with the `kernels` package installed, transformers 5 otherwise swaps
+    layers for kernels it downloads from the Hub when the model first trains on a GPU, which fails offline (and asks
+    to trust their publisher) and changes the arithmetic that the step-time and safety numbers were measured with."""
     torch_dtype = getattr(torch, dtype)
     if name_or_path == "tiny-llama":
         tokenizer = build_tiny_tokenizer()
@@ -59,7 +69,7 @@ def load_model_and_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_kernels=False
         )
     except OSError as error:
         raise TetherInputError(
@@ -218,7 +228,9 @@ def smollm2_safetensors_dir() -> Path:
 
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32, use_kernels=False
+    )
     # The weights are dequantized to float32 at load; transformers still marks the model as GGUF-quantized, which
     # blocks `save_pretrained`. Drop the marker (transformers 5.24).
     model.hf_quantizer = None

@@ -118,11 +118,12 @@ def heldout_nll(model, tokenizer, rows: list[dict], batch_size: int = 8, max_len
     try:
         for start in range(0, len(dataset), batch_size):
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {key: value.to(head.weight.device) for key, value in batch.items()}
             targets = batch["labels"][:, 1:]  # (B, T-1)
             rows_, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
             with capture_head_inputs(model, rows_, cols) as captured:
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-            ones = torch.ones(len(rows_))
+            ones = torch.ones(len(rows_), device=head.weight.device)
             _, nll, _ = ResponseLoss.apply(
                 captured["hidden"], head.weight, head.bias, targets[rows_, cols], ones, 0 * ones, None, None, None
             )
