@@ -105,13 +105,13 @@ def test_the_fsdp_config_passes_the_engine_checks(monkeypatch):
 
 
 def test_tether_defaults_are_the_validated_choice(tmp_path):
-    """`regularizer: adaptive` with nothing else set runs the settings chosen on validation prompts, which the
-    safe-reference bench writes out; `fixed` (C-SFT) keeps the published uniform KL and no drift control."""
+    """`regularizer: adaptive` with nothing else set runs the candidate chosen on validation prompts
+    (configs/bench/default-validation.yaml); `fixed` (C-SFT) keeps the published uniform KL and no drift control."""
     from tether.bench.config import load_bench_config
     from tether.trainer import TetherConfig
 
-    bench = load_bench_config(ROOT / "configs" / "bench" / "safe-reference.yaml")
-    chosen = next(m for m in bench.methods if m.name == "A-Reg refusal + depth KL + canary").train
+    bench = load_bench_config(ROOT / "configs" / "bench" / "default-validation.yaml")
+    chosen = next(m for m in bench.methods if m.name == "default, canary tolerance 0.2").train
     config = TetherConfig(output_dir=str(tmp_path))
     assert {name: getattr(config, name) for name in chosen} == chosen
     fixed = TetherConfig(output_dir=str(tmp_path), regularizer="fixed")
