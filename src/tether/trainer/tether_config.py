@@ -121,7 +121,8 @@ class TetherConfig(SFTConfig):
         relaxes by the same factor once the fall is under half the tolerance. Logged as `canary/*` in
         `metrics.jsonl`; the multiplier is restored on resume.
     canary_every (`int`, defaults to `3`; `0` turns drift control off), canary_tolerance (`float`, defaults to
-    `0.2`, chosen on validation), canary_gain (`float`, defaults to `2.0`), canary_max_multiplier (`float`, defaults to `64.0`):
+    `0.2`, chosen on validation), canary_gain (`float`, defaults to `2.0`), canary_max_multiplier (`float`,
+    defaults to `64.0`):
         The controller's period, tolerated relative fall, step factor and ceiling.
 
     > Parameters that control the run
