@@ -1,7 +1,10 @@
 """The plane of HarmBench keyword ASR against utility kept, one plot per scenario, from one or more bench reports'
-`results.json` (a later file's row replaces an earlier file's row of the same scenario and method), each method a
-point with its 95% interval and the methods sharing a `dial` in the bench config one curve: what `tether bench report`
-draws (`asr_vs_utility_<scenario>.png`), for rows measured in more than one bench directory.
+`results.json`, each method a point with its 95% interval and the methods sharing a `dial` in the bench config one
+curve: what `tether bench report` draws (`asr_vs_utility_<scenario>.png`), for runs measured in more than one bench
+directory of the same reference. The reports' per-seed runs are merged (a later file's run replaces an earlier file's
+run of the same scenario, method and seed), so that a run's utility kept is measured against SFT's run of its own seed
+whichever directory holds it, and rows are the seeds' means as in the report; `--out` also gets the merged rows
+(`results.json`).
 
     python benchmarks/plane.py --results docs/bench/safe_reference/results.json \
         runs/safe-reference/report/results.json --config configs/bench/safe-reference.yaml \
@@ -20,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tether.bench.config import load_bench_config  # noqa: E402
-from tether.bench.report import plot_planes  # noqa: E402
+from tether.bench.report import add_utility_kept, aggregate, plot_planes  # noqa: E402
 
 
 def main():
@@ -32,14 +35,20 @@ def main():
 
     dials = {method.name: method.dial for method in load_bench_config(args.config).methods}
     reports = [json.loads(Path(path).read_text()) for path in args.results]
-    rows = {}
+    runs = {}
     for report in reports:
-        for row in report["rows"]:
-            rows[row["scenario"], row["method"]] = {**row, "dial": dials.get(row["method"])}
-    data = {"initial": reports[0]["initial"]}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    for name in plot_planes(data, list(rows.values()), Path(args.out), plt):
-        print(Path(args.out) / name)
+        for run in report["runs"]:
+            runs[run["scenario"], run["method"], run["seed"]] = {**run, "dial": dials.get(run["method"])}
+    reference_nll = {scenario: run.get("reference_utility_nll") for (scenario, _, _), run in runs.items()}
+    merged = list(runs.values())
+    add_utility_kept(merged, reference_nll)
+    rows = aggregate(merged)
+    data = {"initial": reports[0]["initial"], "rows": rows, "runs": merged}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    for name in plot_planes(data, rows, out, plt):
+        print(out / name)
 
 
 if __name__ == "__main__":

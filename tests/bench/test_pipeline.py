@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tether.bench.config import bench_config_from_dict
-from tether.bench.report import _add_utility_kept, aggregate, targets
+from tether.bench.report import add_utility_kept, aggregate, targets
 from tether.cli import main
 from tether.errors import TetherInputError
 
@@ -148,7 +148,7 @@ def test_utility_kept_and_seed_spread_by_hand():
         {"scenario": "s", "method": "A", "seed": 0, "attack": "mixed", "family": None, "x": None, "utility_nll": 1.5},
         {"scenario": "s", "method": "A", "seed": 1, "attack": "mixed", "family": None, "x": None, "utility_nll": 1.2},
     ]
-    _add_utility_kept(runs, {"s": 2.0})
+    add_utility_kept(runs, {"s": 2.0})
     assert [r["utility_kept"] for r in runs] == pytest.approx([1.0, 1.0, 0.5, 1.0])
     a = next(r for r in aggregate(runs) if r["method"] == "A")
     assert a["utility_kept"] == pytest.approx(0.75) and a["utility_kept_sd"] == pytest.approx(0.3535534, abs=1e-6)

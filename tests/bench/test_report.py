@@ -109,3 +109,35 @@ def test_a_dial_that_is_not_a_name_is_refused_in_one_line():
     raw = {"scenarios": [{"name": "pure", "harmful": "pure-bad"}], "methods": [{"name": "SFT", "dial": 3}]}
     with pytest.raises(TetherInputError, match="method 'SFT': dial must be a name"):
         bench_config_from_dict(raw)
+
+
+def test_the_plane_script_measures_a_run_against_sft_of_its_seed_in_another_report(tmp_path):
+    """`benchmarks/plane.py` merges the per-seed runs of several reports: a method's seed-1 run in one bench directory
+    keeps its utility against SFT's seed-1 run in another, and its row is the mean of its seeds."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+
+    def run(method, seed, asr, nll):
+        rate = {"harmbench_asr": asr, "harmbench_asr_n": 100, "utility_nll": nll, "reference_utility_nll": 2.0}
+        return {"scenario": "mix", "method": method, "seed": seed, **rate}
+
+    initial = {"reference": {"harmbench_asr": 0.3, "utility_nll": 2.0}}
+    earlier = {"initial": initial, "runs": [run("SFT", 0, 0.9, 1.0), run("SFT", 1, 0.9, 1.5)], "rows": []}
+    later = {"initial": initial, "runs": [run("tether default", 0, 0.3, 1.5), run("tether default", 1, 0.4, 1.75)]}
+    for name, report in (("a.json", earlier), ("b.json", later)):
+        (tmp_path / name).write_text(json.dumps({**report, "rows": []}))
+    done = subprocess.run(
+        [sys.executable, "benchmarks/plane.py", "--results", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+        + ["--config", "configs/bench/safe-reference.yaml", "--out", str(tmp_path / "out")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {row["method"]: row for row in json.loads((tmp_path / "out" / "results.json").read_text())["rows"]}
+    assert rows["tether default"]["utility_kept"] == pytest.approx((0.5 + 0.5) / 2)  # seed 0: 0.5/1.0, seed 1: 0.25/0.5
+    assert rows["tether default"]["harmbench_asr"] == pytest.approx(0.35) and rows["SFT"]["utility_kept"] == 1.0
+    assert (tmp_path / "out" / "asr_vs_utility_mix.png").is_file()

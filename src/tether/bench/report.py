@@ -67,7 +67,7 @@ def collect(out: Path) -> dict:
             own_utility[scenario.name] = (utility, own.get("utility_nll"))
     default_nll = (initial["reference"] or {}).get("utility_nll")
     reference_nll = {s.name: own_utility.get(s.name, (None, default_nll))[1] for s in config.scenarios}
-    _add_utility_kept(runs, reference_nll)
+    add_utility_kept(runs, reference_nll)
     probe_eval = out / "probe_eval" / "eval.json"
     stage_times = out / "stage_times.json"
     return {
@@ -132,7 +132,7 @@ def _training_metrics(run_dir: Path) -> dict:
     return out
 
 
-def _add_utility_kept(runs: list[dict], reference_nll: dict[str, float | None]) -> None:
+def add_utility_kept(runs: list[dict], reference_nll: dict[str, float | None]) -> None:
     """Per seed and scenario: the share of SFT's NLL improvement over the reference that each method keeps.
     `reference_nll`: scenario name -> the reference's NLL on that scenario's utility data."""
     sft = {(r["scenario"], r["seed"]): r.get("utility_nll") for r in runs if r["method"] == "SFT"}
