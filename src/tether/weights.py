@@ -127,7 +127,7 @@ class CanaryController:
     it relaxes: m ← max(1, m / gain); in between it holds. `state` (m) is what a checkpoint records.
     """
 
-    def __init__(self, tolerance: float = 0.2, gain: float = 2.0, max_multiplier: float = 64.0):
+    def __init__(self, tolerance: float = 0.1, gain: float = 2.0, max_multiplier: float = 64.0):
         self.tolerance, self.gain, self.max_multiplier = tolerance, gain, max_multiplier
         self.state = 1.0
 

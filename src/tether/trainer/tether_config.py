@@ -121,7 +121,7 @@ class TetherConfig(SFTConfig):
         relaxes by the same factor once the fall is under half the tolerance. Logged as `canary/*` in
         `metrics.jsonl`; the multiplier is restored on resume.
     canary_every (`int`, defaults to `3`; `0` turns drift control off), canary_tolerance (`float`, defaults to
-    `0.2`, chosen on validation), canary_gain (`float`, defaults to `2.0`), canary_max_multiplier (`float`,
+    `0.1`, chosen on validation), canary_gain (`float`, defaults to `2.0`), canary_max_multiplier (`float`,
     defaults to `64.0`):
         The controller's period, tolerated relative fall, step factor and ceiling.
 
@@ -189,7 +189,7 @@ class TetherConfig(SFTConfig):
         metadata={"help": "Harmful canary prompts whose refusal drives a KL multiplier (adaptive: advbench:~16)."},
     )
     canary_every: int = field(default=3, metadata={"help": "Optimizer steps between canary checks; 0 turns them off."})
-    canary_tolerance: float = field(default=0.2, metadata={"help": "Tolerated relative fall of the canary refusal."})
+    canary_tolerance: float = field(default=0.1, metadata={"help": "Tolerated relative fall of the canary refusal."})
     canary_gain: float = field(default=2.0, metadata={"help": "Factor of the KL multiplier per check."})
     canary_max_multiplier: float = field(default=64.0, metadata={"help": "Ceiling of the KL multiplier."})
     restart: bool = field(
