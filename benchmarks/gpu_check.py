@@ -69,8 +69,9 @@ def run(stage: str, command: list[str], log: Path, env: dict | None = None) -> f
         FAILURES[stage] = log.read_text()[-3000:]
         print(f"{stage}: {' '.join(command[:4])} ... failed; the end of {log}:\n{FAILURES[stage]}", flush=True)
         return None
-    print(f"{stage}: {time.perf_counter() - start:.0f} s", flush=True)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    print(f"{stage}: {seconds:.0f} s", flush=True)
+    return seconds
 
 
 def save(out: Path, summary: dict) -> None:

@@ -125,7 +125,7 @@ def test_the_plane_script_measures_a_run_against_sft_of_its_seed_in_another_repo
         return {"scenario": "mix", "method": method, "seed": seed, **rate}
 
     initial = {"reference": {"harmbench_asr": 0.3, "utility_nll": 2.0}}
-    earlier = {"initial": initial, "runs": [run("SFT", 0, 0.9, 1.0), run("SFT", 1, 0.9, 1.5)], "rows": []}
+    earlier = {"initial": initial, "runs": [run("SFT", 0, 0.9, 1.0), run("SFT", 1, 0.9, 1.5)]}
     later = {"initial": initial, "runs": [run("tether default", 0, 0.3, 1.5), run("tether default", 1, 0.4, 1.75)]}
     for name, report in (("a.json", earlier), ("b.json", later)):
         (tmp_path / name).write_text(json.dumps({**report, "rows": []}))
