@@ -111,7 +111,7 @@ def test_tether_defaults_are_the_validated_choice(tmp_path):
     from tether.trainer import TetherConfig
 
     bench = load_bench_config(ROOT / "configs" / "bench" / "default-validation.yaml")
-    chosen = next(m for m in bench.methods if m.name == "A-Reg refusal + depth KL + canary").train
+    chosen = next(m for m in bench.methods if m.name == "default, canary multiplier at most 8").train
     config = TetherConfig(output_dir=str(tmp_path))
     assert {name: getattr(config, name) for name in chosen} == chosen
     fixed = TetherConfig(output_dir=str(tmp_path), regularizer="fixed")

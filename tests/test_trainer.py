@@ -186,7 +186,7 @@ def test_canary_callback_measures_the_refusal_and_scales_the_kl(tiny_model, toke
     logs = [log for log in trainer.state.log_history if "canary/kl_multiplier" in log]
     assert len(logs) == 3
     assert all(log["canary/reference_mass"] == pytest.approx(expected_reference) for log in logs)
-    replay = CanaryController(tolerance=0.0, gain=2.0, max_multiplier=64.0)
+    replay = CanaryController(tolerance=0.0, gain=2.0, max_multiplier=config.canary_max_multiplier)
     for log in logs:  # each step's multiplier is the controller's answer to that step's measured masses
         assert log["canary/kl_multiplier"] == replay.update(log["canary/reference_mass"], log["canary/refusal_mass"])
     assert len({log["canary/refusal_mass"] for log in logs}) > 1  # the policy moved

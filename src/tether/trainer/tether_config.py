@@ -122,7 +122,7 @@ class TetherConfig(SFTConfig):
         `metrics.jsonl`; the multiplier is restored on resume.
     canary_every (`int`, defaults to `3`; `0` turns drift control off), canary_tolerance (`float`, defaults to
     `0.1`, chosen on validation), canary_gain (`float`, defaults to `2.0`), canary_max_multiplier (`float`,
-    defaults to `64.0`):
+    defaults to `8.0`; tolerance and ceiling chosen on validation, `docs/bench.md`):
         The controller's period, tolerated relative fall, step factor and ceiling.
 
     > Parameters that control the run
@@ -191,7 +191,7 @@ class TetherConfig(SFTConfig):
     canary_every: int = field(default=3, metadata={"help": "Optimizer steps between canary checks; 0 turns them off."})
     canary_tolerance: float = field(default=0.1, metadata={"help": "Tolerated relative fall of the canary refusal."})
     canary_gain: float = field(default=2.0, metadata={"help": "Factor of the KL multiplier per check."})
-    canary_max_multiplier: float = field(default=64.0, metadata={"help": "Ceiling of the KL multiplier."})
+    canary_max_multiplier: float = field(default=8.0, metadata={"help": "Ceiling of the KL multiplier."})
     restart: bool = field(
         default=False,
         metadata={"help": "Discard a killed run's <output_dir>.incomplete and its checkpoints and start over."},
