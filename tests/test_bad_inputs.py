@@ -353,6 +353,11 @@ CASES = {
         [*TRAIN, "--canary_prompts", "benign.txt", "--canary_every", "3", "--canary_max_multiplier", "0.5"],
         "canary_max_multiplier must be a finite number >= 1, got 0.5",
     ),
+    "canary_scope-prefix-without-prefix": (
+        [*TRAIN, "--canary_prompts", "benign.txt", "--canary_every", "3", "--canary_scope", "prefix"]
+        + ["--kl_prefix_tokens", "0"],
+        "canary_scope prefix raises the depth-aware prefix's KL; it needs kl_prefix_tokens > 0, got 0",
+    ),
     "canary-missing": (
         [*TRAIN, "--canary_prompts", "nothing.jsonl", "--canary_every", "3"],
         "prompt source not found: nothing.jsonl",

@@ -197,6 +197,26 @@ def test_canary_callback_measures_the_refusal_and_scales_the_kl(tiny_model, toke
     assert trainer.kl_weights(beta, rows_index).tolist() == [2.0] * 5  # kl_scale 1 · 4 · 0.5
 
 
+def test_canary_scope_prefix_raises_only_the_first_tokens_kl(tiny_model, tokenizer, rows, tmp_path):
+    """`canary_scope: prefix` multiplies the depth-aware prefix's KL weight by the controller's multiplier and leaves
+    the later tokens at β; `all` multiplies every token's."""
+    weights = {}
+    for scope in ("all", "prefix"):
+        config = make_config(
+            tmp_path / scope,
+            canary_prompts="canary.txt",
+            canary_scope=scope,
+            kl_prefix_tokens=2,
+            kl_prefix_scale=10.0,
+        )
+        trainer = make_trainer(tiny_model, tokenizer, rows, config)
+        trainer.canary.state = 4.0
+        rows_index = torch.tensor([0, 0, 0, 1, 1])  # depths 0 1 2 0 1
+        weights[scope] = trainer.kl_weights(torch.tensor([0.5, 0.25]), rows_index).tolist()
+    assert weights["all"] == [20.0, 20.0, 2.0, 10.0, 10.0]  # 4 · 0.5 · (10 on the prefix)
+    assert weights["prefix"] == [20.0, 20.0, 0.5, 10.0, 10.0]  # the third token of row 0 keeps β
+
+
 def test_canary_needs_a_kl_term(tmp_path):
     with pytest.raises(TetherInputError, match="canary_prompts raises the KL weight"):
         make_config(tmp_path, regularizer="none", canary_prompts="c.txt")

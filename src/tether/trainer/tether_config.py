@@ -124,6 +124,10 @@ class TetherConfig(SFTConfig):
     `0.1`, chosen on validation), canary_gain (`float`, defaults to `2.0`), canary_max_multiplier (`float`,
     defaults to `8.0`; tolerance and ceiling chosen on validation, `docs/bench.md`):
         The controller's period, tolerated relative fall, step factor and ceiling.
+    canary_scope (`str`, defaults to `"all"`):
+        Which KL weights the controller's multiplier raises: every response token's (`all`), or only the depth-aware
+        prefix's, the first `kl_prefix_tokens` tokens, where the refusal it measures is decided (`prefix`; needs
+        `kl_prefix_tokens` > 0), leaving the later tokens, where a task is learned, at their β.
 
     > Parameters that control the run
 
@@ -192,6 +196,10 @@ class TetherConfig(SFTConfig):
     canary_tolerance: float = field(default=0.1, metadata={"help": "Tolerated relative fall of the canary refusal."})
     canary_gain: float = field(default=2.0, metadata={"help": "Factor of the KL multiplier per check."})
     canary_max_multiplier: float = field(default=8.0, metadata={"help": "Ceiling of the KL multiplier."})
+    canary_scope: str = field(
+        default="all",
+        metadata={"help": "Which KL weights the canary multiplier raises: all, or the depth-aware prefix's."},
+    )
     restart: bool = field(
         default=False,
         metadata={"help": "Discard a killed run's <output_dir>.incomplete and its checkpoints and start over."},
@@ -214,6 +222,7 @@ class TetherConfig(SFTConfig):
         check_choice("weight_map", self.weight_map, ("linear", "official"))
         check_choice("granularity", self.granularity, ("example", "batch"))
         check_choice("kl_direction", self.kl_direction, ("forward", "reverse"))
+        check_choice("canary_scope", self.canary_scope, ("all", "prefix"))
         check_choice("critic", self.critic, tuple(CRITICS))
         check_choice("judge_failure_policy", self.judge_failure_policy, FAILURE_POLICIES)
         for name in ("kl_scale", "kl_prefix_scale", "learning_rate"):
@@ -285,6 +294,10 @@ class TetherConfig(SFTConfig):
             if not 1.0 <= self.canary_max_multiplier < math.inf:
                 raise TetherInputError(
                     f"canary_max_multiplier must be a finite number >= 1, got {self.canary_max_multiplier}"
+                )
+            if self.canary_scope == "prefix" and not self.kl_prefix_tokens:
+                raise TetherInputError(
+                    "canary_scope prefix raises the depth-aware prefix's KL; it needs kl_prefix_tokens > 0, got 0"
                 )
         if not 0.0 <= self.risk_ema < 1.0:
             raise TetherInputError(f"risk_ema must be in [0, 1), got {self.risk_ema}")

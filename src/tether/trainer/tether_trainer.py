@@ -320,10 +320,15 @@ class TetherTrainer(SFTTrainer):
 
     def kl_weights(self, beta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The KL weight of each response position: kl_scale · (the canary controller's multiplier) · β of its
-        example (B,) -> (N,), times `kl_prefix_scale` on each response's first `kl_prefix_tokens` tokens."""
-        weights = self.args.kl_scale * self.kl_multiplier * beta[rows]  # (N,)
-        if self.args.kl_prefix_tokens and self.args.kl_prefix_scale != 1.0:
-            weights = weights * prefix_kl_weights(rows, self.args.kl_prefix_tokens, self.args.kl_prefix_scale)
+        example (B,) -> (N,), times `kl_prefix_scale` on each response's first `kl_prefix_tokens` tokens; under
+        `canary_scope: prefix` the multiplier acts on those first tokens only."""
+        args = self.args
+        if args.canary_scope == "prefix":  # kl_prefix_tokens > 0 (TetherConfig)
+            prefix_scale = args.kl_prefix_scale * self.kl_multiplier
+            return args.kl_scale * beta[rows] * prefix_kl_weights(rows, args.kl_prefix_tokens, prefix_scale)  # (N,)
+        weights = args.kl_scale * self.kl_multiplier * beta[rows]  # (N,)
+        if args.kl_prefix_tokens and args.kl_prefix_scale != 1.0:
+            weights = weights * prefix_kl_weights(rows, args.kl_prefix_tokens, args.kl_prefix_scale)
         return weights
 
     def extra_loss(self, model, mode: str) -> torch.Tensor | float:
