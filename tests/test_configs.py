@@ -111,9 +111,11 @@ def test_tether_defaults_are_the_validated_choice(tmp_path):
     from tether.trainer import TetherConfig
 
     bench = load_bench_config(ROOT / "configs" / "bench" / "default-validation.yaml")
-    chosen = next(m for m in bench.methods if m.name == "default, canary multiplier at most 8").train
+    chosen = next(m for m in bench.methods if m.name == "default, canary on the prefix only").train
     config = TetherConfig(output_dir=str(tmp_path))
     assert {name: getattr(config, name) for name in chosen} == chosen
     fixed = TetherConfig(output_dir=str(tmp_path), regularizer="fixed")
     assert (fixed.kl_prefix_tokens, fixed.kl_prefix_scale, fixed.canary_prompts) == (0, 1.0, None)
     assert TetherConfig(output_dir=str(tmp_path), canary_every=0).canary_prompts is None
+    assert TetherConfig(output_dir=str(tmp_path), kl_prefix_tokens=0).canary_scope == "all"  # no prefix to act on
+    assert fixed.canary_scope == "all"

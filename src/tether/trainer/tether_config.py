@@ -16,7 +16,8 @@ from tether.weights import CanaryController, FixedWeights, RiskWeights
 REGULARIZERS = ("none", "fixed", "adaptive")
 # tether's defaults under `regularizer: adaptive` (with `critic: refusal`), chosen on validation prompts
 # (configs/bench/default-validation.yaml, docs/bench.md): depth-aware KL on the first 5 response tokens and the canary
-# drift control. Under `fixed` (C-SFT) and `none` (SFT) the published methods: a uniform KL, no drift control.
+# drift control, acting on those first tokens (`canary_scope`, resolved in `tether_defaults`). Under `fixed` (C-SFT)
+# and `none` (SFT) the published methods: a uniform KL, no drift control.
 ADAPTIVE_DEFAULTS = {"kl_prefix_tokens": 5, "kl_prefix_scale": 10.0, "canary_prompts": "advbench:~16"}
 UNIFORM_KL = {"kl_prefix_tokens": 0, "kl_prefix_scale": 1.0}
 # the fields that only a risk (`regularizer: adaptive`) reads
@@ -124,10 +125,10 @@ class TetherConfig(SFTConfig):
     `0.1`, chosen on validation), canary_gain (`float`, defaults to `2.0`), canary_max_multiplier (`float`,
     defaults to `8.0`; tolerance and ceiling chosen on validation, `docs/bench.md`):
         The controller's period, tolerated relative fall, step factor and ceiling.
-    canary_scope (`str`, defaults to `"all"`):
-        Which KL weights the controller's multiplier raises: every response token's (`all`), or only the depth-aware
-        prefix's, the first `kl_prefix_tokens` tokens, where the refusal it measures is decided (`prefix`; needs
-        `kl_prefix_tokens` > 0), leaving the later tokens, where a task is learned, at their β.
+    canary_scope (`str`, defaults to `"prefix"` with depth-aware KL, else `"all"`; chosen on validation):
+        Which KL weights the controller's multiplier raises: only the depth-aware prefix's, the first
+        `kl_prefix_tokens` tokens, where the refusal it measures is decided (`prefix`; needs `kl_prefix_tokens` > 0),
+        leaving the later tokens, where a task is learned, at their β; or every response token's (`all`).
 
     > Parameters that control the run
 
@@ -196,8 +197,8 @@ class TetherConfig(SFTConfig):
     canary_tolerance: float = field(default=0.1, metadata={"help": "Tolerated relative fall of the canary refusal."})
     canary_gain: float = field(default=2.0, metadata={"help": "Factor of the KL multiplier per check."})
     canary_max_multiplier: float = field(default=8.0, metadata={"help": "Ceiling of the KL multiplier."})
-    canary_scope: str = field(
-        default="all",
+    canary_scope: str | None = field(
+        default=None,
         metadata={"help": "Which KL weights the canary multiplier raises: all, or the depth-aware prefix's."},
     )
     restart: bool = field(
@@ -309,7 +310,7 @@ class TetherConfig(SFTConfig):
         """Fill the settings left unset with tether's defaults for the regularizer (`ADAPTIVE_DEFAULTS` under
         `adaptive`, chosen on validation prompts: docs/bench.md; the published uniform KL and no drift control under
         `fixed` and `none`), so that the saved config records what ran."""
-        names = ("regularizer", "canary_every", *ADAPTIVE_DEFAULTS)
+        names = ("regularizer", "canary_every", "canary_scope", *ADAPTIVE_DEFAULTS)
         for name, value in tether_defaults({name: getattr(self, name) for name in names}).items():
             setattr(self, name, value)
 
@@ -338,10 +339,14 @@ class TetherConfig(SFTConfig):
 
 def tether_defaults(settings: dict) -> dict:
     """The values `resolve_defaults` gives the regularizer-dependent fields that `settings` (TetherConfig fields)
-    leaves unset: `ADAPTIVE_DEFAULTS` under `adaptive`, `UNIFORM_KL` otherwise; no canary set with `canary_every` 0."""
+    leaves unset: `ADAPTIVE_DEFAULTS` under `adaptive`, `UNIFORM_KL` otherwise; no canary set with `canary_every` 0;
+    the canary multiplier on the depth-aware prefix's KL where there is one, else on every token's."""
     regularizer = settings.get("regularizer", "adaptive")
     defaults = ADAPTIVE_DEFAULTS if regularizer == "adaptive" else UNIFORM_KL
     filled = {name: value for name, value in defaults.items() if settings.get(name) is None}
+    if settings.get("canary_scope") is None:
+        prefix_tokens = filled.get("kl_prefix_tokens", settings.get("kl_prefix_tokens"))
+        filled["canary_scope"] = "prefix" if prefix_tokens else "all"
     if settings.get("canary_every") == 0:  # drift control off
         filled["canary_prompts"] = None
     return filled
