@@ -324,11 +324,12 @@ class TetherTrainer(SFTTrainer):
         `canary_scope: prefix` the multiplier acts on those first tokens only."""
         args = self.args
         if args.canary_scope == "prefix":  # kl_prefix_tokens > 0 (TetherConfig)
-            prefix_scale = args.kl_prefix_scale * self.kl_multiplier
-            return args.kl_scale * beta[rows] * prefix_kl_weights(rows, args.kl_prefix_tokens, prefix_scale)  # (N,)
-        weights = args.kl_scale * self.kl_multiplier * beta[rows]  # (N,)
-        if args.kl_prefix_tokens and args.kl_prefix_scale != 1.0:
-            weights = weights * prefix_kl_weights(rows, args.kl_prefix_tokens, args.kl_prefix_scale)
+            every, prefix_scale = 1.0, args.kl_prefix_scale * self.kl_multiplier
+        else:
+            every, prefix_scale = self.kl_multiplier, args.kl_prefix_scale
+        weights = args.kl_scale * every * beta[rows]  # (N,)
+        if args.kl_prefix_tokens and prefix_scale != 1.0:
+            weights = weights * prefix_kl_weights(rows, args.kl_prefix_tokens, prefix_scale)
         return weights
 
     def extra_loss(self, model, mode: str) -> torch.Tensor | float:
