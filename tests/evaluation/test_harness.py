@@ -223,3 +223,23 @@ def test_win_rate_against_reference_replies(tiny_model, tokenizer, tmp_path):
     metrics = results["benchmarks"]["alpaca-eval"]["metrics"]
     assert metrics["judge_win_rate"] == 0.5 and metrics["judge_win_failures"] == 0
     assert results["benchmarks"]["alpaca-eval"]["samples"][0]["reference_response"] == "ref 1"
+
+
+def test_the_utility_split_partitions_the_heldout_nll_by_position(tiny_model, tokenizer, rows):
+    """`benchmarks/utility_by_refusal.py` splits each row's NLL into the first token, tokens 2-5 and the rest: summed
+    over rows and groups it is the held-out NLL times its token count; each row has a refusal-start mass in [0, 1]."""
+    import importlib.util
+    from pathlib import Path
+
+    from tether.evaluation.harness import heldout_nll
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "utility_by_refusal.py"
+    spec = importlib.util.spec_from_file_location("utility_by_refusal", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    split = script.per_row(tiny_model, tokenizer, rows[:6], batch_size=4)
+    nll, tokens = heldout_nll(tiny_model, tokenizer, rows[:6], batch_size=4)
+    total = sum(row[pos] for row in split for pos in script.POSITIONS)
+    assert len(split) == 6 and all(0.0 <= row["refusal_mass"] <= 1.0 for row in split)
+    assert total == pytest.approx(nll * tokens, rel=1e-4)
+    assert all(row["tokens 6+"] > 0 for row in split)  # the tiny rows' responses are longer than five tokens
