@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tether.critics.refusal import refusal_start_ids
+from tether.critics.refusal import refusal_mass, refusal_start_ids
 from tether.data.chat import IGNORE_INDEX, TetherCollator, tokenize_rows
 from tether.data.sources import load_examples
 from tether.modeling import load_trained
@@ -44,9 +44,10 @@ def per_row(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list[dic
         mask = targets != IGNORE_INDEX  # (B, T-1)
         nll = -logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
         depth = mask.long().cumsum(1) - 1  # (B, T-1): the response token's index
+        first = mask.long().argmax(1)  # (B,): the position that predicts each row's first response token
+        mass = refusal_mass(logprobs[torch.arange(len(targets)), first], ids)  # (B,)
         for r in range(len(targets)):
-            first = int(mask[r].nonzero()[0])
-            row = {"refusal_mass": logprobs[r, first, ids].exp().sum().item()}
+            row = {"refusal_mass": mass[r].item()}
             for name, (lo, hi) in POSITIONS.items():
                 row[name] = nll[r][mask[r] & (depth[r] >= lo) & (depth[r] < hi)].sum().item()
             out.append(row)
