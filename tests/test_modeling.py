@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from tether.errors import TetherInputError
-from tether.modeling import build_tiny_model, capture_head_inputs, load_model_and_tokenizer
+from tether.modeling import (
+    build_tiny_model,
+    capture_head_inputs,
+    load_model_and_tokenizer,
+    prefix_cache,
+    shared_prefix_length,
+)
 
 
 def test_local_directory_round_trip(tiny_model, tokenizer, tmp_path):
@@ -53,6 +59,29 @@ def test_captured_hidden_states_give_the_model_logits(tiny_model):
     assert out.logits.shape[1] == 0  # no (B, T, V) logits were built
     full = tiny_model(ids).logits  # (B, T, V)
     torch.testing.assert_close(tiny_model.lm_head(captured["hidden"]), full[rows, cols])
+
+
+def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter keeps its last token
+    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
+
+
+def test_a_batch_after_its_prefix_cache_gives_the_full_forwards_logits(tiny_model):
+    """Prompts sharing a prefix, run as one forward of the prefix (its key/value cache repeated per row) and one of
+    their own right-padded tokens: each prompt's last-token logits equal a full forward's of that prompt alone."""
+    prefix = [3, 17, 42, 8, 61]
+    own = [[5, 9, 11], [70, 4], [12, 13, 14, 15]]
+    keyword, cache = prefix_cache(tiny_model, prefix, len(own), torch.device("cpu"))
+    width = max(len(x) for x in own)
+    ids = torch.tensor([x + [0] * (width - len(x)) for x in own])  # (B, T), right padding
+    mask = torch.tensor([[1] * (len(prefix) + len(x)) + [0] * (width - len(x)) for x in own])  # (B, P + T)
+    with torch.no_grad():
+        logits = tiny_model(input_ids=ids, attention_mask=mask, use_cache=True, **{keyword: cache}).logits
+    for row, x in enumerate(own):
+        with torch.no_grad():
+            full = tiny_model(input_ids=torch.tensor([prefix + x])).logits[0, -1]  # (V,)
+        torch.testing.assert_close(logits[row, len(x) - 1], full, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -48,13 +48,17 @@ def inference_device() -> torch.device:
 
 
 def load_model_and_tokenizer(
-    name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False
+    name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False, inference: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer by short name, local directory, `.gguf` file or hub id.
+    """Load a causal LM and its tokenizer by short name, local directory, `.gguf` file or hub id; with `inference`,
+    on `inference_device()` (a model that is only read).
 
     Without Hub kernels (`use_kernels=False`): with the `kernels` package installed, transformers 5 otherwise swaps
     layers for kernels it downloads from the Hub when the model first trains on a GPU, which fails offline (and asks
     to trust their publisher) and changes the arithmetic that the step-time and safety numbers were measured with."""
+    if inference:
+        model, tokenizer = load_model_and_tokenizer(name_or_path, dtype, trust_remote_code)
+        return model.to(inference_device()), tokenizer
     torch_dtype = getattr(torch, dtype)
     if name_or_path == "tiny-llama":
         tokenizer = build_tiny_tokenizer()
@@ -366,6 +370,38 @@ def capture_head_inputs(model, rows: torch.Tensor, cols: torch.Tensor, at_head=N
         handle.remove()
 
 
+def shared_prefix_length(ids: list[list[int]]) -> int:
+    """The number of tokens every sequence of `ids` starts with, leaving each at least one token of its own (a chat
+    template's system turn and user header, shared by every prompt of a batch)."""
+    shortest = min(len(x) for x in ids)
+    length = 0
+    while length < shortest - 1 and len({x[length] for x in ids}) == 1:
+        length += 1
+    return length
+
+
+def cache_keyword(model) -> str:
+    """The name under which `model`'s forward takes (and returns) its key/value cache: `cache` in newer transformers,
+    `past_key_values` before it."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model passes it through
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def prefix_cache(model, prefix_ids: list[int], rows: int, device):
+    """The key/value cache of one forward of `prefix_ids` (no grad, no logits), repeated for `rows` rows: a batch
+    whose prompts share that prefix then runs only their own tokens, with the prefix's positions in its attention
+    mask. Its logits equal a full forward's up to float rounding."""
+    keyword = cache_keyword(model)
+    zero = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad(), capture_head_inputs(model, zero, zero):  # the head builds no logits
+        out = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+    cache = getattr(out, keyword)
+    cache.batch_repeat_interleave(rows)
+    return keyword, cache
+
+
 def save_model_dir(model, tokenizer, final: Path, files: dict[str, str] | None = None) -> None:
     """Save `model` and `tokenizer` (plus `files`: name -> text) as the directory `final`, atomically: written into
     `<final>.incomplete` (whatever a killed run left there removed first), renamed when complete. An existing empty
@@ -402,10 +438,14 @@ def check_trained_files(name_or_path: str) -> str:
 
 
 def load_trained(
-    name_or_path: str, dtype: str = "float32", merge: bool = True
+    name_or_path: str, dtype: str = "float32", merge: bool = True, inference: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model to evaluate: a tether run directory (its `adapter/` merged into the base named in `config.yaml`, or
-    left as a `PeftModel` with `merge=False`; or its `model/`), or anything `load_model_and_tokenizer` takes."""
+    left as a `PeftModel` with `merge=False`; or its `model/`), or anything `load_model_and_tokenizer` takes; with
+    `inference`, on `inference_device()`."""
+    if inference:
+        model, tokenizer = load_trained(name_or_path, dtype, merge)
+        return model.to(inference_device()), tokenizer
     run = Path(name_or_path)
     base = check_trained_files(name_or_path)
     if (run / "config.yaml").is_file() and (run / "adapter").is_dir():

@@ -54,6 +54,8 @@ def test_risk_is_the_references_first_token_refusal_mass(tiny_model, tokenizer, 
     assert scores.tolist() == pytest.approx(expected, rel=1e-4)
     prompts = [rows[i]["messages"][:-1] for i in range(4)]  # the adapter is fresh: the policy is the reference
     assert refusal_scores(trainer.model, tokenizer, prompts, batch_size=3) == pytest.approx(expected, rel=1e-4)
+    # batches of one run every token; batches of three run the template's shared opening once, as a cache
+    assert refusal_scores(trainer.model, tokenizer, prompts, batch_size=1) == pytest.approx(expected, rel=1e-4)
     assert len(set(round(x, 6) for x in expected)) > 1  # the prompts differ, so do their risks
 
 

@@ -62,7 +62,7 @@ def fit_probe_dir(
         fit_from_sources,
         layer_candidates,
     )
-    from tether.modeling import check_model_files, inference_device, load_model_and_tokenizer
+    from tether.modeling import check_model_files, load_model_and_tokenizer
 
     if not model:
         raise TetherInputError("pass --model (the model to read activations from)")
@@ -97,8 +97,7 @@ def fit_probe_dir(
     check_model_files(model)
     counts = check_sources([*harmful, *benign, *(val_harmful or []), *(val_benign or [])], position, data_dir)
     check_probe_size(sum(counts[s] for s in harmful), sum(counts[s] for s in benign), C)
-    policy, tokenizer = load_model_and_tokenizer(model)
-    policy.to(inference_device())
+    policy, tokenizer = load_model_and_tokenizer(model, inference=True)
     bank = FeatureBank(policy, tokenizer, data_dir, batch_size, position, layers, tokens)
     check_layers(policy, layers)
     if val_harmful is None:
@@ -267,9 +266,8 @@ def _probe_and_name(probe: str | Path, model: str | None):
 
 def _model_for(loaded, model_name: str):
     """The model and its tokenizer, checked to be the model the probe was fitted on."""
-    from tether.modeling import inference_device, load_model_and_tokenizer
+    from tether.modeling import load_model_and_tokenizer
 
-    policy, tokenizer = load_model_and_tokenizer(model_name)
-    policy.to(inference_device())
+    policy, tokenizer = load_model_and_tokenizer(model_name, inference=True)
     loaded.check_model(policy, tokenizer)
     return policy, tokenizer

@@ -45,7 +45,7 @@ def evaluate_to_dir(
     from tether.evaluation.harness import evaluate_model
     from tether.evaluation.metrics import load_refusal_strings
     from tether.evaluation.results import write_results
-    from tether.modeling import check_trained_files, inference_device, load_trained
+    from tether.modeling import check_trained_files, load_trained
     from tether.run_files import atomic_dir, cache_dir
 
     out = Path(out)
@@ -111,16 +111,14 @@ def evaluate_to_dir(
             raise TetherInputError("--reference_model needs a judge: pass --judge_url and --judge_model")
         from tether.evaluation.generate import generate
 
-        reference, reference_tokenizer = load_trained(reference_model)
-        reference.to(inference_device())
+        reference, reference_tokenizer = load_trained(reference_model, inference=True)
         reference_responses = {
             b.name: generate(reference, reference_tokenizer, b.prompts, max_new_tokens, batch_size)
             for b in loaded
             if b.kind == "instructions"
         }
         del reference
-    policy, tokenizer = load_trained(model)
-    policy.to(inference_device())
+    policy, tokenizer = load_trained(model, inference=True)
     results = evaluate_model(
         policy,
         tokenizer,
