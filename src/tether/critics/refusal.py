@@ -124,22 +124,19 @@ def refusal_scores(
         ]
         # the template's shared opening (system turn, user header) runs once, as a key/value cache for every row
         shared = shared_prefix_length(ids) if len(ids) > 1 else 0
-        cache = {}
-        if shared > 1:
+        if shared < 2:
+            shared = 0
+        cache = {"use_cache": False}
+        if shared:
             keyword, key_values = prefix_cache(model, ids[0][:shared], len(ids), device)
             cache = {keyword: key_values, "use_cache": True}
         ids = [x[shared:] for x in ids]
         input_ids, attention_mask = pad_token_ids(ids, tokenizer.pad_token_id, "right")  # (B, T), (B, T)
-        if cache:
-            attention_mask = torch.cat([attention_mask.new_ones(len(ids), shared), attention_mask], 1)  # (B, P + T)
+        attention_mask = torch.cat([attention_mask.new_ones(len(ids), shared), attention_mask], 1)  # (B, P + T)
         rows = torch.arange(len(ids))
         cols = torch.tensor([len(x) - 1 for x in ids])  # the last prompt token predicts the first response token
         with torch.no_grad(), capture_head_inputs(model, rows, cols, first_token_logp) as captured:
-            model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                **(cache or {"use_cache": False}),
-            )
+            model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **cache)
         logp = captured["at_head"]  # (B, V)
         scores += refusal_mass(logp, token_ids.to(logp.device)).tolist()
     return scores
